@@ -1,0 +1,1 @@
+"""anyseq: every modality as discrete tokens, one decoder-only transformer."""

@@ -1,0 +1,74 @@
+"""The ``anyseq`` console script.
+
+``fit / validate / test / predict`` are LightningCLI: the YAML recipe names the
+LightningModule and LightningDataModule by class path, so the unified transformer and
+every tokenizer train through the same command. The other subcommands are plain
+argparse programs, each living beside the code it drives and imported only when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+
+# subcommand -> (module, one-line help). Each module defines ``main(argv) -> int``.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "tokenize-dataset": ("anyseq.data.tokenize", "manifest of mixed-media records -> token shards"),
+    "generate": ("anyseq.generate", "any-to-any sampling from a checkpoint to files"),
+    "demo": ("anyseq.demo", "the whole pipeline on a built-in synthetic world, with an HTML report"),
+    "eval-tokenizer": ("anyseq.tokenizers.evaluate", "reconstruction metrics of a trained media tokenizer"),
+    "train-text-tokenizer": ("anyseq.tokenizers.text", "train a sentencepiece text tokenizer from text files"),
+}
+
+USAGE = """usage: anyseq <command> [options]
+
+Training (LightningCLI; `anyseq fit --help`, `anyseq fit --config X.yaml --print_config`):
+  fit        train a model or a tokenizer from a YAML recipe (configs/)
+  validate   run the validation loop
+  test       run the test loop
+  predict    run the predict loop
+
+Programs:
+{programs}
+
+`anyseq <command> --help` shows the options of each command.
+"""
+
+
+def lightning_cli(argv: list[str]) -> None:
+    from lightning.pytorch import LightningDataModule, LightningModule
+    from lightning.pytorch.cli import LightningCLI
+
+    LightningCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=argv,
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    programs = "\n".join(f"  {name:<21}{text}" for name, (_, text) in COMMANDS.items())
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE.format(programs=programs))
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command in LIGHTNING_COMMANDS:
+        lightning_cli([command, *rest])
+        return 0
+    if command not in COMMANDS:
+        print(f"anyseq: unknown command {command!r}\n", file=sys.stderr)
+        print(USAGE.format(programs=programs), file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

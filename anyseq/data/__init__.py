@@ -1,0 +1,1 @@
+"""Token shards: writer, reader, packing and the Lightning data module."""

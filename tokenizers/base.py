@@ -1,0 +1,149 @@
+"""The protocol every media tokenizer follows, and its on-disk format.
+
+A media tokenizer is an ``nn.Module`` built from a config dataclass. It turns media
+tensors into integer codes and back. On disk it is a folder with ``config.json`` (class
+path, config, codebook sizes, fingerprint) and ``model.safetensors``. The fingerprint
+hashes config and weights, so a token space (and every shard or checkpoint built with it)
+can tell when it is paired with a different tokenizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class TokenizerFileError(FileNotFoundError):
+    """A tokenizer folder is missing or incomplete."""
+
+
+def _class_path(obj: type) -> str:
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+def _import_class(path: str) -> type:
+    module, _, name = path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Rebuild a (possibly nested) config dataclass; unknown keys are a clear error."""
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown config keys {sorted(unknown)}; expected some of {sorted(names)}")
+    kwargs = {}
+    for key, value in data.items():
+        default = names[key].default_factory() if names[key].default_factory is not dataclasses.MISSING else names[key].default
+        if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            value = config_from_dict(type(default), value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+class MediaTokenizer(nn.Module):
+    """Base class: subclasses set ``modality`` and ``config_class`` and implement encode/decode.
+
+    ``encode`` and ``decode`` always run in eval mode without gradients (codes differ between
+    train and eval mode for some quantizers); use ``forward`` for training.
+    """
+
+    modality: ClassVar[str]
+    config_class: ClassVar[type]
+
+    def __init__(self, config: Any):
+        super().__init__()
+        self.config = config
+
+    # -- the protocol -------------------------------------------------------------------
+    @property
+    def codebook_sizes(self) -> list[int]:
+        """Codes per codebook level (one entry for visual tokenizers, K for an RVQ codec)."""
+        raise NotImplementedError
+
+    @property
+    def compression(self) -> dict[str, float]:
+        """Downsampling factors, e.g. ``{"time": 4, "height": 8, "width": 8}``."""
+        raise NotImplementedError
+
+    def encode(self, media: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def decode(self, codes: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    # -- persistence ------------------------------------------------------------------------
+    def config_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self.config)
+
+    @property
+    def fingerprint(self) -> str:
+        """Hash of class, config and weights: equal fingerprints decode codes identically."""
+        h = hashlib.sha256()
+        h.update(_class_path(type(self)).encode())
+        h.update(json.dumps(self.config_dict(), sort_keys=True).encode())
+        for name, tensor in sorted(self.state_dict().items()):
+            h.update(name.encode())
+            h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def save(self, directory: str | Path) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(directory / WEIGHTS_FILE))
+        meta = {
+            "class": _class_path(type(self)),
+            "modality": self.modality,
+            "config": self.config_dict(),
+            "codebook_sizes": self.codebook_sizes,
+            "fingerprint": self.fingerprint,
+        }
+        (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "MediaTokenizer":
+        directory = Path(directory)
+        meta = read_tokenizer_meta(directory)
+        klass = _import_class(meta["class"])
+        if not (isinstance(klass, type) and issubclass(klass, cls)):
+            raise TypeError(f"{directory / CONFIG_FILE}: holds a {meta['class']}, not a {cls.__name__}")
+        model = klass(config_from_dict(klass.config_class, meta["config"]))
+        weights = directory / WEIGHTS_FILE
+        if not weights.is_file():
+            raise TokenizerFileError(f"{weights}: tokenizer weights are missing (expected next to {CONFIG_FILE})")
+        model.load_state_dict(load_file(str(weights), device=str(map_location)))
+        model.eval()
+        if model.fingerprint != meta["fingerprint"]:
+            raise ValueError(
+                f"{directory}: weights do not match the fingerprint in {CONFIG_FILE} "
+                f"({model.fingerprint} != {meta['fingerprint']}); the folder was modified or mixed up"
+            )
+        return model
+
+
+def read_tokenizer_meta(directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        raise TokenizerFileError(
+            f"{path}: no tokenizer here (expected a folder written by MediaTokenizer.save, "
+            f"with {CONFIG_FILE} and {WEIGHTS_FILE})"
+        )
+    return json.loads(path.read_text())
+
+
+def load_tokenizer(directory: str | Path, map_location: str | torch.device = "cpu") -> MediaTokenizer:
+    """Load any saved media tokenizer; the class is read from its ``config.json``."""
+    return MediaTokenizer.load(directory, map_location)
