@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("anyseq.demo", "the whole pipeline on a built-in synthetic world, with an HTML report"),
     "eval-tokenizer": ("anyseq.tokenizers.evaluate", "reconstruction metrics of a trained media tokenizer"),
     "train-text-tokenizer": ("anyseq.tokenizers.text", "train a sentencepiece text tokenizer from text files"),
+    "export-hf": ("anyseq.export", "export a checkpoint to the Hugging Face Llama format"),
 }
 
 USAGE = """usage: anyseq <command> [options]

@@ -56,28 +56,37 @@ class TextTokenizer:
         if not lines:
             raise ValueError("no text to train the tokenizer on (empty texts and files)")
         model = io.BytesIO()
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines),
-            model_writer=model,
-            vocab_size=vocab_size,
-            model_type=model_type,
-            character_coverage=character_coverage,
-            byte_fallback=True,
-            normalization_rule_name="identity",
-            add_dummy_prefix=False,
-            remove_extra_whitespaces=False,
-            split_digits=True,
-            allow_whitespace_only_pieces=True,
-            user_defined_symbols=list(SPECIALS),
-            unk_id=0,
-            bos_id=-1,
-            eos_id=-1,
-            pad_id=-1,
-            input_sentence_size=max_sentences,
-            shuffle_input_sentence=False,  # deterministic: the first max_sentences lines
-            num_threads=2,
-            minloglevel=2,
-        )
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter(lines),
+                model_writer=model,
+                vocab_size=vocab_size,
+                model_type=model_type,
+                character_coverage=character_coverage,
+                byte_fallback=True,
+                normalization_rule_name="identity",
+                add_dummy_prefix=False,
+                remove_extra_whitespaces=False,
+                split_digits=True,
+                allow_whitespace_only_pieces=True,
+                user_defined_symbols=list(SPECIALS),
+                unk_id=0,
+                bos_id=-1,
+                eos_id=-1,
+                pad_id=-1,
+                input_sentence_size=max_sentences,
+                shuffle_input_sentence=False,  # deterministic: the first max_sentences lines
+                num_threads=2,
+                minloglevel=2,
+            )
+        except RuntimeError as err:
+            if "Vocabulary size too high" in str(err):
+                hint = str(err).split("Please set it to a value")[-1].strip(" .")
+                raise ValueError(
+                    f"vocab_size={vocab_size} is more than this corpus supports ({len(lines)} lines); "
+                    f"use a value {hint} or give more text"
+                ) from None
+            raise
         tok = cls(model.getvalue())
         if output is not None:
             tok.save(output)

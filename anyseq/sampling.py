@@ -1,0 +1,142 @@
+"""Grammar-constrained sampling with a KV cache and classifier-free guidance.
+
+``sample`` continues a batch of prompts (lists of ids, any lengths: they are left-padded)
+one token at a time. Each row carries a :class:`~anyseq.sequence.Constraint`, so only ids
+its grammar allows can be drawn and every sample decodes. With ``cfg_scale != 1`` every row
+gets an unconditional twin in the same batch (one forward pass for both), and the logits
+become ``uncond + scale * (cond - uncond)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from anyseq.model import Transformer
+from anyseq.sequence import Constraint
+
+
+@dataclass
+class SamplingOptions:
+    """How the next id is drawn. ``temperature=0`` is greedy.
+
+    Args:
+        temperature: softmax temperature (0: argmax).
+        top_k: keep the k most likely ids (0: all).
+        top_p: nucleus sampling mass (1.0: off).
+        cfg_scale: classifier-free guidance scale (1.0: off).
+    """
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    cfg_scale: float = 1.0
+
+
+def filter_logits(logits: Tensor, options: SamplingOptions) -> Tensor:
+    """Temperature, top-k and top-p on (B, V) logits; disallowed ids stay at -inf."""
+    logits = logits / max(options.temperature, 1e-5)
+    if options.top_k and options.top_k < logits.shape[-1]:
+        kth = torch.topk(logits, options.top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if options.top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs > options.top_p  # keep the smallest set reaching top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+def left_pad(prompts: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
+    """(B, P) ids left-padded with ``pad`` and the pad count of each row."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+    return ids, torch.tensor([width - len(p) for p in prompts], dtype=torch.int32)
+
+
+class _Runner:
+    """Next-token logits for a growing batch, with or without the KV cache."""
+
+    def __init__(self, model: Transformer, ids: Tensor, pads: Tensor, max_new: int, use_cache: bool):
+        self.model, self.use_cache = model, use_cache
+        self.device = model.tok_embeddings.weight.device
+        self.ids, self.pads = ids.to(self.device), pads.to(self.device)
+        self.cache = model.new_cache(len(ids), ids.shape[1] + max_new, pads) if use_cache else None
+        self.fresh = ids.shape[1]  # ids not yet seen by the cache
+
+    def logits(self) -> Tensor:
+        if self.use_cache:
+            hidden = self.model(self.ids[:, -self.fresh :], cache=self.cache)
+        else:  # whole sequence every step; padding is its own "document" so it is never attended
+            slot = torch.arange(self.ids.shape[1], device=self.device)
+            document_ids = (slot[None, :] >= self.pads[:, None]).to(torch.int32)
+            hidden = self.model(self.ids, document_ids=document_ids)
+        self.fresh = 1
+        return self.model.logits(hidden[:, -1])
+
+    def append(self, tokens: Tensor) -> None:
+        self.ids = torch.cat([self.ids, tokens[:, None].to(self.device)], dim=1)
+
+
+@torch.no_grad()
+def sample(
+    model: Transformer,
+    prompts: list[list[int]],
+    constraints: list[Constraint],
+    options: SamplingOptions,
+    pad_id: int,
+    uncond_prompts: list[list[int]] | None = None,
+    max_new_tokens: int = 1024,
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+) -> list[list[int]]:
+    """Sample until every row's constraint is complete (or ``max_new_tokens``); returns new ids."""
+    if len(prompts) != len(constraints):
+        raise ValueError(f"{len(prompts)} prompts but {len(constraints)} constraints")
+    guided = options.cfg_scale != 1.0
+    if guided and (uncond_prompts is None or len(uncond_prompts) != len(prompts)):
+        raise ValueError("classifier-free guidance needs one unconditional prompt per prompt")
+    rows = prompts + (uncond_prompts if guided else [])
+    longest = max(len(p) for p in rows) + max_new_tokens
+    if longest > model.config.max_seq_len:
+        raise ValueError(
+            f"prompt + {max_new_tokens} new tokens = {longest} > the model's context of {model.config.max_seq_len}; "
+            "shorten the prompt or ask for a smaller output"
+        )
+    model.eval()
+    ids, pads = left_pad(rows, pad_id)
+    runner = _Runner(model, ids, pads, max_new_tokens, use_cache)
+    b, vocab = len(prompts), model.config.vocab_size
+    out: list[list[int]] = [[] for _ in range(b)]
+    for _ in range(max_new_tokens):
+        if all(c.done for c in constraints):
+            break
+        logits = runner.logits()
+        if guided:
+            cond, uncond = logits[:b], logits[b:]
+            logits = uncond + options.cfg_scale * (cond - uncond)
+        allowed = torch.stack([c.mask(vocab) if not c.done else _only(pad_id, vocab) for c in constraints])
+        logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
+        if options.temperature == 0:
+            tokens = logits.argmax(-1)
+        else:
+            probs = filter_logits(logits, options).softmax(-1)
+            tokens = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1)
+        tokens = tokens.cpu()
+        for i, c in enumerate(constraints):
+            if not c.done:
+                c.advance(int(tokens[i]))
+                out[i].append(int(tokens[i]))
+        runner.append(torch.cat([tokens, tokens]) if guided else tokens)
+    return out
+
+
+def _only(token: int, vocab: int) -> Tensor:
+    mask = torch.zeros(vocab, dtype=torch.bool)
+    mask[token] = True
+    return mask

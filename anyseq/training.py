@@ -1,0 +1,162 @@
+"""LightningModule for the unified transformer: next-token loss over every modality.
+
+The model is built in ``configure_model`` once the data's token space is known (its size is
+the vocabulary), which also lets FSDP strategies build it sharded. Checkpoints carry the
+model config, the token space and the tokenizer references, so ``anyseq generate`` needs
+nothing else.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from anyseq.config import ModelConfig
+from anyseq.kernels import linear_cross_entropy
+from anyseq.model import Transformer
+from anyseq.vocab import MODALITIES, TokenSpace, TokenSpaceMismatch
+
+
+def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Learning-rate multiplier: linear warmup, then cosine decay to ``min_ratio``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class AnySeqModule(L.LightningModule):
+    """Trains :class:`~anyseq.model.Transformer` on packed token shards.
+
+    Args:
+        preset: named architecture (``ModelConfig.from_preset``): tiny, small, 100m, llama2-7b, ...
+        model_overrides: fields of ModelConfig to change, e.g. ``{n_layers: 4, dropout: 0.1}``.
+            ``vocab_size`` always comes from the data's token space.
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW weight decay (matrices only; norms and biases are not decayed).
+        betas: AdamW betas.
+        warmup_steps: linear warmup steps.
+        max_steps: length of the cosine schedule; defaults to ``trainer.max_steps``.
+        min_lr_ratio: final learning rate as a fraction of ``lr``.
+        z_loss: coefficient of the z-loss ``log(Z)^2`` that keeps logits from drifting (Chameleon).
+        modality_loss_weights: loss weight per target modality, e.g. ``{image: 1.0, text: 0.5}``.
+    """
+
+    def __init__(
+        self,
+        preset: str = "tiny",
+        model_overrides: dict[str, Any] | None = None,
+        lr: float = 3e-4,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_steps: int = 100,
+        max_steps: int | None = None,
+        min_lr_ratio: float = 0.1,
+        z_loss: float = 0.0,
+        modality_loss_weights: dict[str, float] | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        unknown = set(modality_loss_weights or {}) - set(MODALITIES)
+        if unknown:
+            raise ValueError(f"modality_loss_weights has unknown modalities {sorted(unknown)}; use {list(MODALITIES)}")
+        ModelConfig.from_preset(preset)  # fail at construction on an unknown preset
+        self.model: Transformer | None = None
+        self.space: TokenSpace | None = None
+        self.tokenizers: dict[str, Any] = {}
+        weights = [float((modality_loss_weights or {}).get(m, 1.0)) for m in MODALITIES]
+        self.register_buffer("modality_weights", torch.tensor(weights), persistent=False)
+
+    # -- model -----------------------------------------------------------------------------
+    @property
+    def config(self) -> ModelConfig:
+        return self.model.config
+
+    def _data_space(self) -> tuple[TokenSpace, dict[str, Any]]:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None or not hasattr(dm, "token_space"):
+            raise RuntimeError("AnySeqModule needs a datamodule with token_space() (e.g. anyseq.data.ShardDataModule)")
+        return dm.token_space(), dict(getattr(dm, "tokenizers", {}) or {})
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        if self.space is None:
+            self.space, self.tokenizers = self._data_space()
+        overrides = dict(self.hparams.model_overrides or {})
+        overrides.pop("vocab_size", None)
+        config = ModelConfig.from_preset(self.hparams.preset, **overrides).with_vocab(self.space.size)
+        self.model = Transformer(config)
+
+    # -- loss -------------------------------------------------------------------------------
+    def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        hidden = self.model(batch["input_ids"], batch["document_ids"], batch["positions"])
+        targets = batch["targets"].reshape(-1)
+        ce, lse = linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), self.model.output.weight, targets)
+        modality = batch["modality"].reshape(-1)
+        valid = targets != -100
+        w = batch["loss_weight"].reshape(-1) * self.modality_weights[modality] * valid
+        norm = w.sum().clamp(min=1e-6)
+        loss = (w * ce).sum() / norm
+        if self.hparams.z_loss:
+            loss = loss + self.hparams.z_loss * (w * lse.float() ** 2).sum() / norm
+        logs = {"loss": loss.detach()}
+        for i, name in enumerate(MODALITIES):
+            sel = valid & (modality == i)
+            if sel.any():
+                logs[f"loss_{name}"] = ce.detach()[sel].mean()
+        logs["tokens"] = valid.sum().detach()
+        return loss, logs
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss, logs = self.loss(batch)
+        tokens = logs.pop("tokens")
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=False, batch_size=int(tokens))
+        self.log("loss", logs["loss"], prog_bar=True, logger=False)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True, logger=False)
+        return loss
+
+    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
+        _, logs = self.loss(batch)
+        tokens = logs.pop("tokens")
+        self.log_dict({f"val/{k}": v for k, v in logs.items()}, prog_bar=True, sync_dist=True, batch_size=int(tokens))
+
+    # -- optimisation -------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
+        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=False)
+        total = hp.max_steps or (self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: warmup_cosine(step, hp.warmup_steps, total, hp.min_lr_ratio)
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- checkpoints carry everything generation needs ------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["anyseq"] = {
+            "model_config": self.config.to_dict(),
+            "token_space": self.space.to_dict(),
+            "tokenizers": self.tokenizers,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        meta = checkpoint.get("anyseq")
+        if meta is None:
+            raise ValueError("this checkpoint was not written by anyseq's AnySeqModule (no 'anyseq' section)")
+        saved = TokenSpace.from_dict(meta["token_space"])
+        if self._trainer is not None and getattr(self.trainer, "datamodule", None) is not None:
+            data_space, _ = self._data_space()
+            if saved != data_space:
+                raise TokenSpaceMismatch(
+                    f"checkpoint token space {saved.fingerprint} differs from the training shards' "
+                    f"{data_space.fingerprint}; resume with the shards it was trained on"
+                )
+        self.space, self.tokenizers = saved, meta["tokenizers"]
+        self.configure_model()
