@@ -53,25 +53,30 @@ def _resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
     return out.reshape(*x.shape[:-2], size, size)
 
 
-def encode_prompt(bundle: Bundle, kind: str, value: str, image_size: int | None, video_frames: int | None) -> Segment:
+def encode_prompt(
+    bundle: Bundle, kind: str, value: Any, image_size: int | None = None, video_frames: int | None = None
+) -> Segment:
+    """A prompt segment from text, a media file path, or decoded media (uint8 HW3 / THW3, float audio)."""
     from anyseq import media
+
+    is_path = isinstance(value, (str, Path))
 
     if kind == "text":
         return Segment("text", bundle.tokenizer("text").encode(value))
     tok = bundle.tokenizer(MEDIA_TOKENIZER[kind])
     device = bundle.model.tok_embeddings.weight.device
     if kind == "image":
-        x = torch.as_tensor(media.image_to_tensor(media.read_image(value)))  # (3, H, W)
+        x = torch.as_tensor(media.image_to_tensor(media.read_image(value) if is_path else value))  # (3, H, W)
         x = _fit_to_multiple(_resize(x, image_size), tok.compression["height"])
         return Segment("image", tok.encode(x[None].to(device))[0].cpu().numpy())
     if kind == "video":
-        frames, _ = media.read_video(value, max_frames=video_frames)
+        frames = media.read_video(value, max_frames=video_frames)[0] if is_path else value
         ft = tok.compression.get("time", 1)
         frames = frames[: 1 + (len(frames) - 1) // ft * ft]  # causal tokenizers take 1 + k*ft frames
         x = torch.as_tensor(media.video_to_tensor(frames))  # (3, T, H, W)
         x = _fit_to_multiple(_resize(x.transpose(0, 1), image_size).transpose(0, 1), tok.compression["height"])
         return Segment("video", tok.encode(x[None].to(device))[0].cpu().numpy())
-    samples, _ = media.read_audio(value, sample_rate=tok.sample_rate)
+    samples = media.read_audio(value, sample_rate=tok.sample_rate)[0] if is_path else value
     wav = torch.as_tensor(samples, dtype=torch.float32)[None, None].to(device)
     return Segment("audio", tok.encode(wav)[0].cpu().numpy())
 
@@ -84,25 +89,41 @@ class Target:
     max_tokens: int
 
 
-def target_for(bundle: Bundle, args: argparse.Namespace) -> Target:
-    to = args.to
+def make_target(
+    bundle: Bundle,
+    to: str,
+    height: int | None = None,
+    width: int | None = None,
+    frames: int = 5,
+    seconds: float = 1.0,
+    max_text_tokens: int = 64,
+) -> Target:
+    """The output segment to sample: its modality, grammar shape and token budget.
+
+    ``height``/``width`` are in tokens; ``frames`` in video frames; ``seconds`` of audio.
+    """
     if to == "text":
-        return Target("text", {"max_tokens": args.max_text_tokens}, args.max_text_tokens + 1)
+        return Target("text", {"max_tokens": max_text_tokens}, max_text_tokens + 1)
     g = bundle.serializer.grammar(to)
     tok = bundle.tokenizer(MEDIA_TOKENIZER[to])
     if to in ("image", "video"):
-        f = tok.compression["height"]
-        h = args.height if args.height is not None else (args.height_px // f if args.height_px else None)
-        w = args.width if args.width is not None else (args.width_px // f if args.width_px else None)
-        if h is None or w is None:
+        if height is None or width is None:
             raise ValueError(f"--to {to} needs its size: --height/--width in tokens or --height-px/--width-px in pixels")
         if to == "image":
-            return Target("image", {"h": h, "w": w}, g.length(h, w))
-        ft = tok.compression.get("time", 1)
-        t = 1 + (args.frames - 1) // ft
-        return Target("video", {"t": t, "h": h, "w": w}, g.length(t, h, w))
-    frames = int(round(args.seconds * tok.frame_rate))
-    return Target("audio", {"frames": frames}, 2 + (frames + (g.levels - 1) * g.delay) * g.levels)
+            return Target("image", {"h": height, "w": width}, g.length(height, width))
+        t = 1 + (frames - 1) // tok.compression.get("time", 1)
+        return Target("video", {"t": t, "h": height, "w": width}, g.length(t, height, width))
+    n = max(1, int(round(seconds * tok.frame_rate)))
+    return Target("audio", {"frames": n}, 2 + (n + (g.levels - 1) * g.delay) * g.levels)
+
+
+def target_for(bundle: Bundle, args: argparse.Namespace) -> Target:
+    height, width = args.height, args.width
+    if args.to in ("image", "video") and (height is None or width is None):
+        f = bundle.tokenizer("visual").compression["height"]
+        height = height if height is not None else (args.height_px // f if args.height_px else None)
+        width = width if width is not None else (args.width_px // f if args.width_px else None)
+    return make_target(bundle, args.to, height, width, args.frames, args.seconds, args.max_text_tokens)
 
 
 def constraint_for(bundle: Bundle, target: Target) -> Constraint:
@@ -194,35 +215,46 @@ def sampling_options(args: argparse.Namespace) -> SamplingOptions:
     return replace(DEFAULTS[args.to], **{k: v for k, v in chosen.items() if v is not None})
 
 
+def generate_ids(
+    bundle: Bundle,
+    prompts: list[list[int]],
+    target: Target,
+    options: SamplingOptions,
+    seed: int = 0,
+    use_cache: bool = True,
+) -> tuple[list[list[int]], float]:
+    """Sample one target per prompt (same modality and shape); returns new ids and seconds."""
+    space = bundle.space
+    uncond = [[space.special("<bos>")] + [space.special("<uncond>")] * (len(p) - 1) for p in prompts]
+    torch.manual_seed(seed)
+    start = time.perf_counter()
+    outputs = sample(
+        bundle.model,
+        prompts,
+        [constraint_for(bundle, target) for _ in prompts],
+        options,
+        pad_id=space.special("<pad>"),
+        uncond_prompts=uncond if options.cfg_scale != 1.0 else None,
+        max_new_tokens=target.max_tokens,
+        use_cache=use_cache,
+        generator=torch.Generator().manual_seed(seed),
+    )
+    return outputs, time.perf_counter() - start
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     bundle = load_bundle(
         args.checkpoint,
         device=args.device,
         tokenizer_paths={"text": args.text_tokenizer, "visual": args.visual_tokenizer, "audio": args.audio_tokenizer},
     )
-    space = bundle.space
     prompt_spec = [("text", Path(v).read_text()) if kind == "text_file" else (kind, v) for kind, v in (args.prompt or [])]
     segments = [encode_prompt(bundle, kind, v, args.image_size, args.video_frames) for kind, v in prompt_spec]
     prompt = bundle.serializer.serialize(segments, eos=False).ids.tolist()
-    uncond = [space.special("<bos>")] + [space.special("<uncond>")] * (len(prompt) - 1)
     target = target_for(bundle, args)
     options = sampling_options(args)
     n = args.num_samples
-    torch.manual_seed(args.seed)
-    generator = torch.Generator().manual_seed(args.seed)
-    start = time.perf_counter()
-    outputs = sample(
-        bundle.model,
-        [prompt] * n,
-        [constraint_for(bundle, target) for _ in range(n)],
-        options,
-        pad_id=space.special("<pad>"),
-        uncond_prompts=[uncond] * n if options.cfg_scale != 1.0 else None,
-        max_new_tokens=target.max_tokens,
-        use_cache=not args.no_cache,
-        generator=generator,
-    )
-    seconds = time.perf_counter() - start
+    outputs, seconds = generate_ids(bundle, [prompt] * n, target, options, args.seed, use_cache=not args.no_cache)
     new_tokens = sum(len(o) for o in outputs)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -250,7 +282,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 print(path.read_text())
     print(
         f"generated {n} x {args.to}: {new_tokens} tokens in {seconds:.2f} s "
-        f"({new_tokens / max(seconds, 1e-9):.1f} tokens/s{' incl. CFG twins' if options.cfg_scale != 1 else ''}) -> {out_dir}",
+        f"({new_tokens / max(seconds, 1e-9):.1f} tokens/s{' plus as many CFG twins' if options.cfg_scale != 1 else ''}) -> {out_dir}",
         file=sys.stderr,
     )
     return records

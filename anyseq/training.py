@@ -145,6 +145,11 @@ class AnySeqModule(L.LightningModule):
             "token_space": self.space.to_dict(),
             "tokenizers": self.tokenizers,
         }
+        # dropout draws from these: restoring them makes a resumed run equal an unbroken one
+        checkpoint["rng"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get("anyseq")
@@ -160,3 +165,8 @@ class AnySeqModule(L.LightningModule):
                 )
         self.space, self.tokenizers = saved, meta["tokenizers"]
         self.configure_model()
+        rng = checkpoint.get("rng")
+        if rng is not None:
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])

@@ -1,0 +1,181 @@
+"""Training the unified model on text: learns, memorises, resumes exactly, runs under DDP, fails clearly."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from anyseq.cli import main as anyseq
+from anyseq.tokenizers.text import TextTokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+SENTENCES = [
+    f"the {a} {b} {c} over the {d} {e}."
+    for a, b, c, d, e in [
+        ("quick", "fox", "jumps", "lazy", "dog"), ("small", "cat", "leaps", "sleepy", "owl"),
+        ("red", "hen", "flies", "old", "barn"), ("blue", "whale", "swims", "deep", "reef"),
+        ("green", "frog", "hops", "wet", "log"), ("tiny", "ant", "climbs", "tall", "tree"),
+        ("brave", "knight", "rides", "misty", "hill"), ("wise", "owl", "glides", "dark", "wood"),
+    ]
+]
+
+
+@pytest.fixture(scope="module")
+def text_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("text")
+    tok = TextTokenizer.train(SENTENCES * 10, vocab_size=300, output=root / "text.model")
+    manifest = root / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps({"id": f"s{i}", "text": s}) + "\n" for i, s in enumerate(SENTENCES * 8)))
+    rc = anyseq(["tokenize-dataset", "--manifest", str(manifest), "--out", str(root / "shards"),
+                 "--text-tokenizer", str(root / "text.model")])
+    assert rc == 0
+    return root, tok
+
+
+def fit_args(root, steps, extra=()):
+    return [
+        "fit", "--config", str(ROOT / "configs/train/text_tiny.yaml"),
+        f"--data.init_args.train=[{root / 'shards'}]", "--data.init_args.seq_len=64", "--data.init_args.batch_size=8",
+        f"--trainer.max_steps={steps}", f"--trainer.default_root_dir={root / 'run'}", "--trainer.enable_progress_bar=false",
+        "--trainer.val_check_interval=null", "--trainer.limit_val_batches=0", "--trainer.logger=false",
+        *extra,
+    ]
+
+
+def unigram_entropy(tok):
+    counts = Counter(t for s in SENTENCES for t in tok.encode(s))
+    total = sum(counts.values())
+    return -sum(c / total * math.log(c / total) for c in counts.values())
+
+
+def test_tiny_model_memorises_text_and_generate_reproduces_it(text_data, tmp_path, capsys):
+    root, tok = text_data
+    ckpt_dir = tmp_path / "ckpt"
+    assert anyseq(fit_args(root, 150, [
+        "--model.init_args.warmup_steps=10",
+        f"--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+        f"--trainer.callbacks.dirpath={ckpt_dir}", "--trainer.callbacks.save_last=true",
+    ])) == 0
+    ckpt = ckpt_dir / "last.ckpt"
+    state = torch.load(ckpt, weights_only=False)
+    assert "anyseq" in state
+    # the loss is far below the corpus' unigram entropy (what a model without context gets)
+    from anyseq.checkpoint import load_bundle
+    from anyseq.data.shards import ShardSet
+
+    bundle = load_bundle(ckpt)
+    shards = ShardSet(root / "shards")
+    doc = torch.as_tensor(shards.document(0).ids.astype("int64"))[None]
+    logits = bundle.model.logits(bundle.model(doc[:, :-1]))
+    loss = torch.nn.functional.cross_entropy(logits[0], doc[0, 1:]).item()
+    assert loss < 0.25 * unigram_entropy(tok)
+    # greedy generation continues a memorised sentence
+    out = tmp_path / "gen"
+    rc = anyseq(["generate", "--checkpoint", str(ckpt), "--text", "the blue whale", "--temperature", "0",
+                 "--max-text-tokens", "16", "--out", str(out), "--stdout"])
+    assert rc == 0
+    captured = capsys.readouterr()
+    assert " swims over the deep reef." in captured.out
+    assert "tokens/s" in captured.err
+    record = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
+    assert record["to"] == "text" and record["new_tokens"] > 0 and record["kv_cache"] is True
+
+
+def final_loss(root, steps, resume_from=None, ckpt_dir=None, save_at=None):
+    from anyseq.data.datamodule import ShardDataModule
+    from anyseq.training import AnySeqModule
+
+    L.seed_everything(0)
+    callbacks = []
+    if save_at:
+        callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=save_at, save_top_k=-1))
+    losses = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+            losses.append(float(outputs["loss"]))
+
+    trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
+                        enable_checkpointing=bool(save_at), callbacks=[*callbacks, Record()], limit_val_batches=0,
+                        deterministic=True, enable_model_summary=False)
+    module = AnySeqModule(preset="tiny", lr=1e-3, warmup_steps=2, model_overrides={"dropout": 0.1})
+    data = ShardDataModule(train=[str(root / "shards")], seq_len=32, batch_size=4, num_workers=0)
+    trainer.fit(module, datamodule=data, ckpt_path=resume_from)
+    return losses
+
+
+def test_resume_is_exact(text_data, tmp_path):
+    root, _ = text_data
+    straight = final_loss(root, 8)
+    first = final_loss(root, 4, ckpt_dir=tmp_path, save_at=4)
+    ckpt = next(tmp_path.glob("*.ckpt"))
+    second = final_loss(root, 8, resume_from=str(ckpt))
+    assert first == straight[:4]
+    assert second == straight[4:]
+
+
+def test_two_process_ddp_on_cpu(text_data, tmp_path):
+    root, _ = text_data
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    args = fit_args(root, 3, ["--trainer.devices=2", "--trainer.strategy=ddp", f"--trainer.default_root_dir={tmp_path}"])
+    run = subprocess.run([sys.executable, "-m", "anyseq.cli", *args], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert list(tmp_path.rglob("*.ckpt"))
+
+
+def test_print_config_shows_the_recipe(text_data, capsys):
+    root, _ = text_data
+    with pytest.raises(SystemExit) as exit_:
+        anyseq(fit_args(root, 1, ["--print_config"]))
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "anyseq.training.AnySeqModule" in out and "preset: tiny" in out
+
+
+def test_unknown_config_key_is_named(text_data, capsys):
+    root, _ = text_data
+    with pytest.raises(SystemExit):
+        anyseq(fit_args(root, 1, ["--model.init_args.learning_rate=0.1"]))
+    assert "learning_rate" in capsys.readouterr().err
+
+
+def test_missing_shard_folder_says_what_to_run(tmp_path):
+    from anyseq.data.datamodule import ShardDataModule
+
+    with pytest.raises(FileNotFoundError, match="tokenize-dataset"):
+        ShardDataModule(train=[str(tmp_path / "nope")], seq_len=32, batch_size=2).token_space()
+
+
+def test_checkpoint_from_another_token_space_is_refused(text_data, tmp_path):
+    root, _ = text_data
+    first = final_loss(root, 2, ckpt_dir=tmp_path / "a", save_at=2)
+    assert first
+    ckpt = next((tmp_path / "a").glob("*.ckpt"))
+    other = tmp_path / "other"
+    tok = TextTokenizer.train(SENTENCES * 10, vocab_size=280, output=other / "text.model")
+    manifest = other / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"text": s}) + "\n" for s in SENTENCES))
+    assert anyseq(["tokenize-dataset", "--manifest", str(manifest), "--out", str(other / "shards"),
+                   "--text-tokenizer", str(other / "text.model")]) == 0
+    from anyseq.vocab import TokenSpaceMismatch
+
+    with pytest.raises(TokenSpaceMismatch):
+        final_loss(other, 4, resume_from=str(ckpt))
+    assert tok.vocab_size == 280
+
+
+def test_prompt_longer_than_the_context_is_a_clear_error(text_data, tmp_path, capsys):
+    root, _ = text_data
+    final_loss(root, 1, ckpt_dir=tmp_path, save_at=1)
+    ckpt = next(tmp_path.glob("*.ckpt"))
+    rc = anyseq(["generate", "--checkpoint", str(ckpt), "--text", "the fox " * 200, "--out", str(tmp_path / "o")])
+    assert rc == 2
+    assert "context" in capsys.readouterr().err
