@@ -87,6 +87,7 @@ def main() -> None:
         train = bench_training(model, batch=8 if small else 4, seq=256 if small else 512, steps=args.steps,
                                device=device, dtype=dtype)
         model.eval()
+        bench_generation(model, 8, 4, batch=1, use_cache=True)  # warm-up: first calls allocate
         gen = {c: bench_generation(model, args.prompt, args.new, batch=4, use_cache=c) for c in (True, False)}
         row = {"preset": name, "params": config.num_params(), "device": str(device), "dtype": args.dtype,
                "train": train, "generate_cache": gen[True], "generate_no_cache": gen[False],

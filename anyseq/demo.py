@@ -1,0 +1,385 @@
+"""``anyseq demo``: the whole pipeline on a built-in synthetic world, judged automatically.
+
+1. render a captioned world of shapes, moving shapes and tones (``anyseq.world``);
+2. train the text, visual and audio tokenizers (their tiny recipes, through ``anyseq fit``);
+3. tokenize the world with ``anyseq tokenize-dataset`` (both caption directions);
+4. train the unified transformer with ``anyseq fit``;
+5. generate in every direction with the same code as ``anyseq generate`` and let the world's
+   judges score the samples against held-out prompts, next to chance, with and without CFG;
+6. write ``report.html`` with samples, accuracies, tokenizer metrics, loss curve and timings.
+
+Each stage records its outputs in ``progress.json``; rerunning the same command skips the
+stages that finished, so an interrupted demo resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import html
+import json
+import math
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+import anyseq
+from anyseq import judges, media, world
+from anyseq.cli import main as anyseq_cli
+
+CONFIGS = Path(anyseq.__file__).resolve().parents[1] / "configs"
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Sizes of one demo run. ``default`` finishes on a 2-core CPU in about 15 minutes."""
+
+    n_images: int = 2400
+    n_videos: int = 800
+    n_sounds: int = 800
+    image_size: int = 32
+    video_frames: int = 5
+    sample_rate: int = 16000
+    seconds: float = 1.0
+    visual_steps: int = 600
+    audio_steps: int = 600
+    model_preset: str = "small"
+    model_overrides: tuple[tuple[str, Any], ...] = (("dim", 192), ("n_layers", 4), ("n_heads", 6), ("n_kv_heads", 2),
+                                                    ("ffn_dim", 512), ("max_seq_len", 256))
+    model_steps: int = 1200
+    batch_size: int = 24
+    seq_len: int = 192
+    lr: float = 2e-3
+    condition_dropout: float = 0.1
+    eval_per_direction: int = 48
+    cfg_scale: float = 3.0
+    accelerator: str = "cpu"
+
+
+PLANS = {
+    "default": Plan(),
+    "quick": Plan(n_images=48, n_videos=16, n_sounds=16, visual_steps=4, audio_steps=4, model_steps=8,
+                  batch_size=4, seq_len=128, eval_per_direction=2,
+                  model_overrides=(("dim", 64), ("n_layers", 2), ("n_heads", 4), ("n_kv_heads", 2), ("ffn_dim", 128),
+                                   ("max_seq_len", 256))),
+    "gpu": Plan(n_images=20000, n_videos=6000, n_sounds=6000, visual_steps=4000, audio_steps=4000,
+                model_preset="small", model_overrides=(("max_seq_len", 512),), model_steps=6000, batch_size=64,
+                seq_len=256, lr=1e-3, eval_per_direction=200, accelerator="gpu"),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# stages: each returns a JSON-able summary and is skipped when progress.json says it finished
+# ---------------------------------------------------------------------------------------------
+class Progress:
+    def __init__(self, out: Path):
+        self.path = out / "progress.json"
+        self.done: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
+
+    def run(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+        if name in self.done:
+            print(f"[demo] {name}: already done ({self.done[name]['seconds']:.0f} s), skipping", flush=True)
+            return self.done[name]
+        print(f"[demo] {name} ...", flush=True)
+        start = time.perf_counter()
+        result = fn()
+        result["seconds"] = time.perf_counter() - start
+        self.done[name] = result
+        self.path.write_text(json.dumps(self.done, indent=2))
+        print(f"[demo] {name}: done in {result['seconds']:.0f} s", flush=True)
+        return result
+
+
+def _cli(argv: list[str]) -> None:
+    rc = anyseq_cli(argv)
+    if rc:
+        raise RuntimeError(f"`anyseq {' '.join(argv)}` exited with {rc}")
+
+
+def _quiet_trainer(root: Path, steps: int, plan: Plan) -> list[str]:
+    return [f"--trainer.max_steps={steps}", f"--trainer.default_root_dir={root}",
+            f"--trainer.accelerator={plan.accelerator}", "--trainer.enable_model_summary=false"]
+
+
+def stage_world(out: Path, plan: Plan) -> dict[str, Any]:
+    size = dict(image_size=plan.image_size, video_frames=plan.video_frames, sample_rate=plan.sample_rate,
+                seconds=plan.seconds)
+    train = world.write_world(out / "world", plan.n_images, plan.n_videos, plan.n_sounds, seed=0, **size)
+    n_eval = max(8, plan.eval_per_direction)
+    held_out = world.write_world(out / "held_out", n_eval, n_eval, n_eval, seed=1, **size)
+    return {"manifest": str(train), "held_out": str(held_out)}
+
+
+def stage_text_tokenizer(out: Path, manifest: Path) -> dict[str, Any]:
+    from anyseq.tokenizers.text import TextTokenizer
+
+    captions = [json.loads(line)["text"] for line in manifest.read_text().splitlines()]
+    path = out / "tokenizers" / "text.model"
+    for size in (400, 360, 330, 310, 300, 290, 280):  # the largest vocabulary the captions support
+        try:
+            tok = TextTokenizer.train(captions, vocab_size=size, output=path)
+            break
+        except ValueError:
+            continue
+    return {"path": str(path), "vocab_size": tok.vocab_size}
+
+
+def stage_media_tokenizer(out: Path, kind: str, manifest: Path, steps: int, plan: Plan) -> dict[str, Any]:
+    export = out / "tokenizers" / kind
+    _cli(["fit", "--config", str(CONFIGS / "tokenizer" / f"{kind}_tiny.yaml"),
+          f"--data.init_args.data={manifest}", f"--model.init_args.export_dir={export}",
+          *_quiet_trainer(out / "runs" / kind, steps, plan)])
+    return {"path": str(export)}
+
+
+def stage_tokenize(out: Path, manifest: Path, toks: dict[str, str], plan: Plan) -> dict[str, Any]:
+    shards = out / "shards"
+    _cli(["tokenize-dataset", "--manifest", str(manifest), "--out", str(shards), "--text-tokenizer", toks["text"],
+          "--visual-tokenizer", toks["visual"], "--audio-tokenizer", toks["audio"], "--task", "both", "--seed", "0",
+          "--image-size", str(plan.image_size), "--video-frames", str(plan.video_frames),
+          "--audio-seconds", str(plan.seconds), "--workers", "2"])
+    stats = json.loads((shards / "stats.json").read_text())
+    return {"path": str(shards), "stats": stats}
+
+
+def stage_model(out: Path, shards: str, plan: Plan) -> dict[str, Any]:
+    root = out / "runs" / "model"
+    overrides = json.dumps(dict(plan.model_overrides))
+    _cli(["fit", "--config", str(CONFIGS / "train" / "demo.yaml"),
+          f"--model.init_args.preset={plan.model_preset}", f"--model.init_args.model_overrides={overrides}",
+          f"--model.init_args.lr={plan.lr}", f"--data.init_args.train=[{shards}]",
+          f"--data.init_args.batch_size={plan.batch_size}", f"--data.init_args.seq_len={plan.seq_len}",
+          f"--data.init_args.condition_dropout={plan.condition_dropout}",
+          "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={root}",
+          "--trainer.logger.name=log", "--trainer.logger.version=0",
+          "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
+          f"--trainer.callbacks.dirpath={out / 'model'}", "--trainer.callbacks.save_last=true",
+          *_quiet_trainer(root, plan.model_steps, plan)])
+    return {"checkpoint": str(out / "model" / "last.ckpt"), "metrics": str(root / "log" / "version_0" / "metrics.csv")}
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation: every direction, judged against held-out prompts
+# ---------------------------------------------------------------------------------------------
+DIRECTIONS = [("text", "image"), ("image", "text"), ("text", "video"), ("video", "text"),
+              ("text", "audio"), ("audio", "text")]
+
+
+def _held_out(manifest: Path, kind: str, n: int) -> list[dict[str, Any]]:
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    return [r for r in rows if kind in r][:n]
+
+
+def _chance(kind: str) -> float:
+    return math.prod(1 / len(v) for v in world.attributes(kind).values())
+
+
+def _correct(kind: str, scene: Any, judged: Any) -> dict[str, bool]:
+    names = world.attributes(kind)
+    if judged is None:
+        return {name: False for name in names}
+    return {name: getattr(judged, name, None) == getattr(scene, name) for name in names}
+
+
+def evaluate(out: Path, checkpoint: str, held_out: Path, plan: Plan, device: str) -> dict[str, Any]:
+    from anyseq.checkpoint import load_bundle
+    from anyseq.generate import DEFAULTS, encode_prompt, generate_ids, make_target
+
+    bundle = load_bundle(checkpoint, device=device)
+    visual = bundle.tokenizer("visual")
+    grid = plan.image_size // visual.compression["height"]
+    samples_dir = out / "samples"
+    samples_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    for source, target in DIRECTIONS:
+        kind = target if source == "text" else source
+        rows = _held_out(held_out, kind, plan.eval_per_direction)
+        scenes = [world.parse_caption(r["text"]) for r in rows]
+        base = held_out.parent
+        if source == "text":
+            prompts = [encode_prompt(bundle, "text", r["text"]) for r in rows]
+        else:
+            prompts = [encode_prompt(bundle, kind, base / r[kind]) for r in rows]
+        ids = [bundle.serializer.serialize([p], eos=False).ids.tolist() for p in prompts]
+        shape = make_target(bundle, target, height=grid, width=grid, frames=plan.video_frames, seconds=plan.seconds,
+                            max_text_tokens=24)
+        settings = {"guided": replace(DEFAULTS[target], cfg_scale=plan.cfg_scale)} if target != "text" else {}
+        settings["plain"] = replace(DEFAULTS[target], cfg_scale=1.0)
+        direction: dict[str, Any] = {"n": len(rows), "chance": _chance(kind), "samples": []}
+        for name, options in settings.items():
+            outputs, seconds = generate_ids(bundle, ids, shape, options, seed=0)
+            correct = []
+            for i, (row, scene, new) in enumerate(zip(rows, scenes, outputs)):
+                stem = samples_dir / f"{source}2{target}_{name}_{i:03d}"
+                path = _decode(bundle, target, new, stem)
+                if target == "text":
+                    text = path.read_text()
+                    verdict = _correct(kind, scene, world.parse_caption(text))
+                    output = {"text": text}
+                else:
+                    verdict = _correct(kind, scene, judges.judge(kind, _read(path, target, plan), plan.sample_rate))
+                    output = {"file": path.name}
+                correct.append(verdict)
+                if name == ("guided" if target != "text" else "plain") and i < 8:
+                    direction["samples"].append({"prompt": row["text"] if source == "text" else row[kind],
+                                                 "caption": row["text"], **output, "verdict": verdict})
+            direction[name] = {
+                "accuracy": float(np.mean([all(v.values()) for v in correct])),
+                "per_attribute": {a: float(np.mean([v[a] for v in correct])) for a in world.attributes(kind)},
+                "seconds": seconds,
+                "tokens_per_s": sum(len(o) for o in outputs) / seconds,
+            }
+            print(f"[demo] {source}->{target} ({name}): accuracy {direction[name]['accuracy']:.2f} "
+                  f"(chance {direction['chance']:.3f})", flush=True)
+        results[f"{source}->{target}"] = direction
+    return {"directions": results}
+
+
+def _decode(bundle, target: str, ids: list[int], stem: Path) -> Path:
+    from anyseq.generate import decode_output
+
+    return decode_output(bundle, target, ids, stem, "gif")
+
+
+def _read(path: Path, target: str, plan: Plan) -> Any:
+    if target == "image":
+        return media.read_image(path)
+    if target == "video":
+        return media.read_video(path)[0]
+    return media.read_audio(path, sample_rate=plan.sample_rate)[0]
+
+
+def tokenizer_metrics(out: Path, toks: dict[str, str], held_out: Path) -> dict[str, Any]:
+    from anyseq.tokenizers import audio_eval, visual_eval
+    from anyseq.tokenizers.base import load_tokenizer
+
+    metrics = {}
+    for name, module in (("visual", visual_eval), ("audio", audio_eval)):
+        metrics[name] = module.evaluate_folder(load_tokenizer(toks[name]), held_out, out / "tokenizer_eval" / name)
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------
+def _data_uri(path: Path) -> str:
+    mime = {".png": "image/png", ".gif": "image/gif", ".wav": "audio/wav", ".mp4": "video/mp4"}[path.suffix]
+    return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
+
+
+def _media_html(path: Path) -> str:
+    if path.suffix == ".wav":
+        return f'<audio controls src="{_data_uri(path)}"></audio>'
+    return f'<img src="{_data_uri(path)}" width="96" style="image-rendering: pixelated">'
+
+
+def _loss_svg(metrics_csv: Path) -> str:
+    if not metrics_csv.exists():
+        return "<p>(no loss log)</p>"
+    points = []
+    with metrics_csv.open() as f:
+        for row in csv.DictReader(f):
+            if row.get("train/loss"):
+                points.append((int(row["step"]), float(row["train/loss"])))
+    if len(points) < 2:
+        return "<p>(too few logged steps for a curve)</p>"
+    steps, losses = zip(*points)
+    x0, x1, y0, y1 = min(steps), max(steps), min(losses), max(losses)
+    w, h = 480, 200
+    pts = " ".join(f"{(s - x0) / max(x1 - x0, 1) * w:.1f},{h - (v - y0) / max(y1 - y0, 1e-9) * h:.1f}" for s, v in points)
+    return (f'<svg width="{w + 60}" height="{h + 30}"><g transform="translate(50,5)">'
+            f'<polyline fill="none" stroke="#36c" stroke-width="1.5" points="{pts}"/>'
+            f'<text x="-45" y="10" font-size="11">{y1:.2f}</text><text x="-45" y="{h}" font-size="11">{y0:.2f}</text>'
+            f'<text x="0" y="{h + 20}" font-size="11">step {x0}</text>'
+            f'<text x="{w - 60}" y="{h + 20}" font-size="11">step {x1}</text></g></svg>')
+
+
+def write_report(out: Path, progress: dict[str, Any], plan: Plan) -> Path:
+    e = html.escape
+    parts = ["<!doctype html><meta charset=utf-8><title>anyseq demo</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}td,th{padding:4px 8px;"
+             "border-bottom:1px solid #ddd;vertical-align:top}.ok{color:#080}.bad{color:#a00}</style>",
+             "<h1>anyseq demo: one transformer, every direction</h1>",
+             f"<p>Plan: <code>{e(json.dumps(asdict(plan)))}</code></p>"]
+    directions = progress["evaluate"]["directions"]
+    parts.append("<h2>Judged accuracy (all attributes right) vs chance</h2><table><tr><th>direction</th><th>n</th>"
+                 "<th>accuracy, CFG</th><th>accuracy, no CFG</th><th>chance</th><th>per attribute</th></tr>")
+    for name, d in directions.items():
+        guided = f"{d['guided']['accuracy']:.2f}" if "guided" in d else "–"
+        best = d.get("guided", d["plain"])
+        per = ", ".join(f"{a} {v:.2f}" for a, v in best["per_attribute"].items())
+        parts.append(f"<tr><td>{e(name)}</td><td>{d['n']}</td><td>{guided}</td><td>{d['plain']['accuracy']:.2f}</td>"
+                     f"<td>{d['chance']:.3f}</td><td>{e(per)}</td></tr>")
+    parts.append("</table>")
+    samples_dir = out / "samples"
+    for name, d in directions.items():
+        source, target = name.split("->")
+        parts.append(f"<h3>{e(name)}</h3><table><tr><th>prompt</th><th>output</th><th>judged</th></tr>")
+        for s in d["samples"]:
+            prompt = e(s["prompt"]) if source == "text" else _media_html(Path(progress["world"]["held_out"]).parent / s["prompt"])
+            output = e(s["text"]) if "text" in s else _media_html(samples_dir / s["file"])
+            verdict = " ".join(f"<span class={'ok' if v else 'bad'}>{e(a)}</span>" for a, v in s["verdict"].items())
+            caption = "" if source == "text" else f"<br><small>{e(s['caption'])}</small>"
+            parts.append(f"<tr><td>{prompt}{caption}</td><td>{output}</td><td>{verdict}</td></tr>")
+        parts.append("</table>")
+    parts.append("<h2>Transformer training loss</h2>" + _loss_svg(Path(progress["model"]["metrics"])))
+    if "tokenizer_metrics" in progress:
+        parts.append("<h2>Tokenizers on held-out media</h2><pre>"
+                     + e(json.dumps({k: v for k, v in progress["tokenizer_metrics"].items() if k != "seconds"},
+                                    indent=1, default=str)) + "</pre>")
+    stats = progress["tokenize"].get("stats", {})
+    parts.append(f"<h2>Token shards</h2><pre>{e(json.dumps(stats, indent=1))}</pre>")
+    parts.append("<h2>Timings</h2><table>" + "".join(
+        f"<tr><td>{e(k)}</td><td>{v['seconds']:.0f} s</td></tr>" for k, v in progress.items() if "seconds" in v)
+        + "</table>")
+    path = out / "report.html"
+    path.write_text("\n".join(parts))
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="anyseq demo", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", default="demo_out", help="output folder (rerun to resume)")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="tiny sizes: seconds, for tests (accuracy meaningless)")
+    size.add_argument("--gpu", action="store_true", help="larger world and models, for a GPU")
+    p.add_argument("--fresh", action="store_true", help="delete --out first instead of resuming")
+    p.add_argument("--device", default=None, help="device for generation (default: cuda with --gpu, else cpu)")
+    args = p.parse_args(argv)
+    plan = PLANS["quick" if args.quick else "gpu" if args.gpu else "default"]
+    out = Path(args.out).resolve()
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    device = args.device or ("cuda" if args.gpu else "cpu")
+    progress = Progress(out)
+    w = progress.run("world", lambda: stage_world(out, plan))
+    manifest, held_out = Path(w["manifest"]), Path(w["held_out"])
+    text = progress.run("text_tokenizer", lambda: stage_text_tokenizer(out, manifest))
+    visual = progress.run("visual_tokenizer", lambda: stage_media_tokenizer(out, "visual", manifest, plan.visual_steps, plan))
+    audio = progress.run("audio_tokenizer", lambda: stage_media_tokenizer(out, "audio", manifest, plan.audio_steps, plan))
+    toks = {"text": text["path"], "visual": visual["path"], "audio": audio["path"]}
+    shards = progress.run("tokenize", lambda: stage_tokenize(out, manifest, toks, plan))
+    model = progress.run("model", lambda: stage_model(out, shards["path"], plan))
+    progress.run("tokenizer_metrics", lambda: tokenizer_metrics(out, toks, held_out))
+    progress.run("evaluate", lambda: evaluate(out, model["checkpoint"], held_out, plan, device))
+    report = write_report(out, progress.done, plan)
+    print(f"[demo] report: {report}", flush=True)
+    for name, d in progress.done["evaluate"]["directions"].items():
+        best = d.get("guided", d["plain"])
+        print(f"[demo] {name:>12}: accuracy {best['accuracy']:.2f} (chance {d['chance']:.3f})", flush=True)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
