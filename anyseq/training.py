@@ -165,7 +165,11 @@ class AnySeqModule(L.LightningModule):
                 )
         self.space, self.tokenizers = saved, meta["tokenizers"]
         self.configure_model()
-        rng = checkpoint.get("rng")
+        # applied at the first batch: creating the dataloader iterator draws from the RNG
+        self._pending_rng = checkpoint.get("rng")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        rng, self._pending_rng = getattr(self, "_pending_rng", None), None
         if rng is not None:
             torch.set_rng_state(rng["torch"])
             if rng["cuda"] and torch.cuda.is_available():

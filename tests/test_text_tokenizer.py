@@ -54,3 +54,8 @@ def test_train_from_files_and_cli(tmp_path):
 def test_too_large_vocab_for_the_corpus_says_how_large_it_can_be():
     with pytest.raises(ValueError, match="vocab_size=5000 is more than this corpus supports"):
         TextTokenizer.train(CORPUS[:5], vocab_size=5000)
+
+
+def test_too_small_vocab_says_how_many_pieces_are_needed():
+    with pytest.raises(ValueError, match="too small"):
+        TextTokenizer.train(CORPUS, vocab_size=260)

@@ -86,6 +86,12 @@ class TextTokenizer:
                     f"vocab_size={vocab_size} is more than this corpus supports ({len(lines)} lines); "
                     f"use a value {hint} or give more text"
                 ) from None
+            if "smaller than required_chars" in str(err):
+                need = str(err).split(" vs ")[-1].split(".")[0]
+                raise ValueError(
+                    f"vocab_size={vocab_size} is too small: bytes, special names and this corpus' characters "
+                    f"already need {need} pieces"
+                ) from None
             raise
         tok = cls(model.getvalue())
         if output is not None:
