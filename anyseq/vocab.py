@@ -183,7 +183,8 @@ class TokenSpace:
 
     @property
     def fingerprint(self) -> str:
-        layout = {"specials": SPECIALS, **self.to_dict()}
+        ranges = [(r.name, r.start, r.size) for r in self.ranges.values()]  # codebook order matters
+        layout = {"specials": SPECIALS, "ranges": ranges, **self.to_dict()}
         return hashlib.sha256(json.dumps(layout, sort_keys=True).encode()).hexdigest()[:16]
 
     def save(self, path: str | Path) -> Path:

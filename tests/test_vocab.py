@@ -69,3 +69,10 @@ def test_for_tokenizers_records_fingerprints():
 
     s = TokenSpace.for_tokenizers(Text(), visual=Visual(), max_height=4)
     assert s.tokenizers == {"text": "t1", "visual": "v1"} and s.codebooks == {"visual": [32]}
+
+
+def test_codebook_order_is_part_of_the_identity():
+    a = TokenSpace(10, {"visual": [4], "audio": [4]})
+    b = TokenSpace(10, {"audio": [4], "visual": [4]})
+    assert a.codebook("visual").start != b.codebook("visual").start
+    assert a.fingerprint != b.fingerprint

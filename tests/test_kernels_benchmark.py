@@ -1,0 +1,51 @@
+"""The kernel benchmark script: a clear exit without a GPU, and its targets check reads ratios right."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from anyseq.kernels.benchmark import markdown, packed_documents, targets_check
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when no GPU is present")
+def test_without_cuda_the_benchmark_exits_with_a_clear_message(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "anyseq.kernels.benchmark", "--out", str(tmp_path)],
+                         capture_output=True, text=True, cwd="/")
+    assert run.returncode == 2
+    assert "needs a CUDA GPU" in run.stderr and not any(tmp_path.iterdir())
+
+
+def test_packed_documents_fill_each_row_with_documents_of_at_least_32_tokens():
+    ids = packed_documents(3, 4096)
+    assert ids.shape == (3, 4096)
+    for row in ids:
+        _, counts = torch.unique_consecutive(row, return_counts=True)
+        assert counts[:-1].min() >= 32 and len(counts) > 1  # only the last one may be cut short
+
+
+def test_targets_check_compares_ours_with_each_baseline_per_configuration():
+    def row(mask, seq, impl, tflops):
+        return {"mask": mask, "seq": seq, "head_dim": 128, "batch": 1, "heads": 16, "impl": impl,
+                "fwd_tflops": tflops, "fwd_bwd_tflops": tflops}
+
+    attention = [row("causal", 1024, "anyseq-triton", 420), row("causal", 1024, "sdpa-flash (is_causal)", 400),
+                 row("causal", 4096, "anyseq-triton", 500), row("causal", 4096, "sdpa-flash (is_causal)", 400),
+                 row("documents", 1024, "anyseq-triton", 300), row("documents", 1024, "flex (block mask)", 200),
+                 {**row("documents", 1024, "sdpa (dense mask)", 0), "error": "OutOfMemoryError"}]
+    del attention[-1]["fwd_tflops"]
+    loss = [{"vocab": 65536, "impl": "anyseq-fused", "peak_bytes": 1, "fwd_bwd_ms": 11.0},
+            {"vocab": 65536, "impl": "materialised logits", "peak_bytes": 8, "fwd_bwd_ms": 10.0}]
+    decode = [{"impl": "anyseq-triton (flash-decoding)", "hbm_fraction": 0.65}]
+    checks = {c["target"]: c for c in targets_check({"attention": attention, "loss": loss, "decode": decode})}
+    assert checks["causal forward vs SDPA-flash"]["worst"] == pytest.approx(1.05) and checks[
+        "causal forward vs SDPA-flash"]["met"]
+    assert checks["documents forward vs FlexAttention"]["worst"] == pytest.approx(1.5)
+    assert "documents forward vs SDPA dense mask" not in checks  # the baseline failed: no ratio, no verdict
+    assert checks["fused loss memory vs materialised (at most)"]["worst"] == pytest.approx(0.125)
+    assert checks["fused loss time vs materialised (at most)"]["met"]
+    assert not checks["decode fraction of HBM bandwidth"]["met"]
+    report = markdown({"attention": attention, "loss": loss, "decode": decode, "targets": list(checks.values())},
+                      {"gpu": "test", "torch": "2", "triton": "3", "hbm_tbps": 4.8})
+    assert "OutOfMemoryError" in report and "| causal forward vs SDPA-flash | 1.05 |" in report
