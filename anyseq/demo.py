@@ -322,13 +322,13 @@ def write_report(out: Path, progress: dict[str, Any], plan: Plan) -> Path:
         guided = f"{d['guided']['accuracy']:.2f}" if "guided" in d else "–"
         best = d.get("guided", d["plain"])
         per = ", ".join(f"{a} {v:.2f}" for a, v in best["per_attribute"].items())
-        parts.append(f"<tr><td>{e(name)}</td><td>{d['n']}</td><td>{guided}</td><td>{d['plain']['accuracy']:.2f}</td>"
+        parts.append(f"<tr><td>{e(name.replace('->', ' → '))}</td><td>{d['n']}</td><td>{guided}</td><td>{d['plain']['accuracy']:.2f}</td>"
                      f"<td>{d['chance']:.3f}</td><td>{e(per)}</td></tr>")
     parts.append("</table>")
     samples_dir = out / "samples"
     for name, d in directions.items():
         source, target = name.split("->")
-        parts.append(f"<h3>{e(name)}</h3><table><tr><th>prompt</th><th>output</th><th>judged</th></tr>")
+        parts.append(f"<h3>{e(name.replace('->', ' → '))}</h3><table><tr><th>prompt</th><th>output</th><th>judged</th></tr>")
         for s in d["samples"]:
             prompt = e(s["prompt"]) if source == "text" else _media_html(Path(progress["world"]["held_out"]).parent / s["prompt"])
             output = e(s["text"]) if "text" in s else _media_html(samples_dir / s["file"])

@@ -174,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--checkpoint", required=True, help="a .ckpt written by `anyseq fit`")
     p.add_argument("--to", choices=["text", "image", "video", "audio"], default="text", help="output modality")
+    p.set_defaults(prompt=[])
     g = p.add_argument_group("prompt (repeatable, kept in order)")
     g.add_argument("--text", dest="prompt_text", action=_PromptAction, help="text segment")
     g.add_argument("--text-file", dest="prompt_text_file", action=_PromptAction, help="text segment read from a file")

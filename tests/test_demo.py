@@ -1,0 +1,74 @@
+"""The demo: every direction produces decodable outputs, the report is written, a rerun resumes."""
+
+import json
+
+import pytest
+
+from anyseq.cli import main as anyseq
+from anyseq.demo import DIRECTIONS
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    assert anyseq(["demo", "--quick", "--out", str(out)]) == 0
+    return out
+
+
+def test_every_direction_produces_decodable_outputs(demo):
+    progress = json.loads((demo / "progress.json").read_text())
+    directions = progress["evaluate"]["directions"]
+    assert set(directions) == {f"{s}->{t}" for s, t in DIRECTIONS}
+    for name, d in directions.items():
+        source, target = name.split("->")
+        suffix = {"image": ".png", "video": ".gif", "audio": ".wav", "text": ".txt"}[target]
+        files = sorted((demo / "samples").glob(f"{source}2{target}_*{suffix}"))
+        assert len(files) >= d["n"], name  # one decoded file per prompt (and per CFG setting)
+        assert 0.0 <= d["plain"]["accuracy"] <= 1.0 and 0 < d["chance"] < 1
+
+
+def test_report_shows_samples_accuracies_and_timings(demo):
+    report = (demo / "report.html").read_text()
+    for needle in ("Judged accuracy", "text → image", "audio → text", "Timings", "<audio controls", "data:image/png"):
+        assert needle in report
+
+
+def test_rerun_resumes_without_redoing_finished_stages(demo, capsys):
+    assert anyseq(["demo", "--quick", "--out", str(demo)]) == 0
+    out = capsys.readouterr().out
+    for stage in ("world", "text_tokenizer", "visual_tokenizer", "audio_tokenizer", "tokenize", "model", "evaluate"):
+        assert f"[demo] {stage}: already done" in out
+
+
+@pytest.mark.parametrize(
+    "prompt,to,extra,suffix",
+    [
+        (["--text", "a small red circle at the top left"], "image", ["--height", "4", "--width", "4", "--cfg", "2"], ".png"),
+        (["--image", "held_out/images/000000.png"], "text", [], ".txt"),
+        (["--text", "a blue square moving left"], "video", ["--height-px", "32", "--width-px", "32", "--frames", "5"], ".gif"),
+        (["--audio", "held_out/audio/000000.wav", "--text", "and"], "text", [], ".txt"),
+        (["--text", "a rising tone"], "audio", ["--seconds", "0.4"], ".wav"),
+    ],
+)
+def test_generate_cli_any_to_any(demo, tmp_path, prompt, to, extra, suffix):
+    prompt = [str(demo / p) if p.startswith("held_out/") else p for p in prompt]
+    out = tmp_path / "out"
+    rc = anyseq(["generate", "--checkpoint", str(demo / "model" / "last.ckpt"), *prompt, "--to", to, *extra,
+                 "--num-samples", "2", "--seed", "3", "--out", str(out)])
+    assert rc == 0
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(r["file"].endswith(suffix) for r in records)
+    assert [p["kind"] for p in records[0]["prompt"]] == [prompt[i][2:] for i in range(0, len(prompt), 2)]
+
+
+def test_generate_errors_name_the_fix(demo, tmp_path, capsys):
+    ckpt = str(demo / "model" / "last.ckpt")
+    assert anyseq(["generate", "--checkpoint", ckpt, "--to", "image", "--out", str(tmp_path)]) == 2
+    assert "--height" in capsys.readouterr().err
+    assert anyseq(["generate", "--checkpoint", ckpt, "--text", "x", "--to", "image", "--height", "4", "--width", "4",
+                   "--visual-tokenizer", str(tmp_path / "moved"), "--out", str(tmp_path)]) == 2
+    assert "--visual-tokenizer" in capsys.readouterr().err
+    assert anyseq(["generate", "--checkpoint", ckpt, "--text", "x", "--to", "image", "--height", "40", "--width", "40",
+                   "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "context" in err or "max_height" in err
