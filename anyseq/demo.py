@@ -48,12 +48,12 @@ class Plan:
     video_frames: int = 5
     sample_rate: int = 16000
     seconds: float = 1.0
-    visual_steps: int = 600
-    audio_steps: int = 600
+    visual_steps: int = 200
+    audio_steps: int = 200
     model_preset: str = "small"
     model_overrides: tuple[tuple[str, Any], ...] = (("dim", 192), ("n_layers", 4), ("n_heads", 6), ("n_kv_heads", 2),
                                                     ("ffn_dim", 512), ("max_seq_len", 256))
-    model_steps: int = 1200
+    model_steps: int = 800
     batch_size: int = 24
     seq_len: int = 192
     lr: float = 2e-3
