@@ -404,7 +404,7 @@ def write_audio(path: PathLike, samples: np.ndarray, sample_rate: int, subtype: 
 
 
 def _to_tensor(array: np.ndarray) -> torch.Tensor:
-    tensor = torch.from_numpy(np.ascontiguousarray(array)).float().div_(127.5).sub_(1.0)
+    tensor = torch.from_numpy(np.array(array, dtype=np.float32)).div_(127.5).sub_(1.0)
     return tensor.movedim(-1, 0).contiguous()
 
 
