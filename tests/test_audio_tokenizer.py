@@ -1,0 +1,161 @@
+"""The audio codec: the tokenizer contract, chunked = whole encoding, save/load, quantizer variants."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from anyseq.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig, default_strides
+from anyseq.tokenizers.base import MediaTokenizer
+from anyseq.tokenizers.quantizer import QuantizerConfig
+
+
+def small(**overrides) -> AudioTokenizer:
+    """A fast codec with the real structure: 16 kHz, hop 320, 3 FSQ levels of 64 codes."""
+    q = overrides.pop("quantizer", QuantizerConfig(kind="fsq", levels=[4, 4, 4], num_quantizers=3, quantizer_dropout=True))
+    args = dict(channels=4, max_channels=32, latent_dim=16, dilations=[1, 3], quantizer=q)
+    torch.manual_seed(0)
+    return AudioTokenizer(AudioTokenizerConfig(**{**args, **overrides}))
+
+
+def noise(batch: int, samples: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, 1, samples, generator=torch.Generator().manual_seed(seed)).mul(0.2).clamp(-1, 1)
+
+
+def test_contract_shapes_and_properties():
+    tok = small()
+    assert tok.sample_rate == 16000 and tok.hop_length == 320 and tok.frame_rate == 50
+    assert tok.compression == {"time": 320}
+    assert tok.codebook_sizes == [64, 64, 64]
+    for n in (1, 319, 320, 321, 16000):  # frames = ceil(N / hop): the end is padded
+        codes = tok.encode(noise(2, n))
+        assert codes.shape == (2, math.ceil(n / 320), 3) and codes.dtype == torch.int64
+        assert 0 <= codes.min() and codes.max() < 64
+        assert tok.decode(codes).shape == (2, 1, codes.shape[1] * 320)
+
+
+def test_encode_and_decode_run_in_eval_mode_without_grad_and_restore_the_mode():
+    tok = small().train()
+    codes = tok.encode(noise(1, 3200))
+    wav = tok.decode(codes)
+    assert tok.training and not wav.requires_grad and not codes.requires_grad
+    assert wav.abs().max() <= 1.0
+    tok.eval()
+    tok.encode(noise(1, 3200))
+    assert not tok.training
+
+
+def test_bad_inputs_are_clear_errors():
+    tok = small()
+    with pytest.raises(ValueError, match=r"\(B, 1, N\)"):
+        tok.encode(torch.zeros(2, 16000))
+    with pytest.raises(ValueError, match="0 samples"):
+        tok.encode(torch.zeros(1, 1, 0))
+    with pytest.raises(ValueError, match=r"codes \(B, frames, 1..3\)"):
+        tok.decode(torch.zeros(1, 5, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"\[0, 64\)"):
+        tok.decode(torch.full((1, 5, 3), 64))
+    with pytest.raises(ValueError, match="sample_rate / frame_rate"):
+        AudioTokenizerConfig(strides=[4, 4, 4]).resolved_strides()
+    with pytest.raises(ValueError, match="whole number"):
+        AudioTokenizerConfig(sample_rate=16000, frame_rate=48).hop_length
+
+
+def test_default_strides_split_the_hop_into_balanced_stages():
+    assert default_strides(320) == [4, 4, 4, 5]
+    assert default_strides(480) == [4, 4, 5, 6]
+    assert default_strides(640) == [4, 4, 5, 8]
+    for hop in (160, 240, 320, 480, 600, 960):
+        assert math.prod(default_strides(hop)) == hop
+
+
+def test_fewer_leading_levels_decode():
+    tok = small()
+    codes = tok.encode(noise(1, 8000))
+    for levels in (1, 2, 3):
+        assert tok.decode(codes[..., :levels]).shape == (1, 1, 8000)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_a_frame_depends_only_on_samples_within_its_context(causal):
+    """Perturbing one sample changes latents only within ``context_frames`` of its frame (only
+    after it when causal): the bound that makes chunked encoding exact."""
+    tok = small(causal=causal).eval()
+    wav = noise(1, 320 * 80)
+    p = 320 * 40 + 17
+    bumped = wav.clone()
+    bumped[..., p] += 0.5
+    with torch.no_grad():
+        changed = (tok.latent(wav) != tok.latent(bumped)).any(-1)[0].nonzero().flatten()
+    frame, ctx = p // 320, tok.context_frames
+    assert frame in changed.tolist()
+    assert changed.max() <= frame + ctx
+    assert changed.min() >= (frame if causal else frame - ctx)
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_chunked_encoding_of_a_long_signal_equals_encoding_it_whole(causal):
+    """Must-show 1: 61.3 s in chunks of 7.3 s (not a multiple of anything) -> identical codes.
+
+    The stated bound is zero differing codes: every chunk carries ``context_frames`` of real
+    signal on the side(s) the receptive field reaches, so each kept frame sees exactly the
+    samples it sees in the whole signal."""
+    tok = small(causal=causal)
+    t = torch.arange(int(61.3 * 16000)) / 16000
+    wav = (0.4 * torch.sin(2 * torch.pi * (200 + 150 * t) * t) + 0.05 * noise(1, t.numel())[0, 0])[None, None]
+    whole = tok.encode(wav)
+    chunked = tok.encode_chunked(wav, chunk_seconds=7.3)
+    assert chunked.shape == whole.shape == (1, math.ceil(t.numel() / 320), 3)
+    assert torch.equal(chunked, whole)
+
+
+def test_save_load_round_trip_keeps_codes_and_fingerprint(tmp_path):
+    tok = small()
+    wav = noise(1, 16000)
+    tok.save(tmp_path / "tok")
+    meta = json.loads((tmp_path / "tok" / "config.json").read_text())
+    assert meta["modality"] == "audio" and meta["codebook_sizes"] == [64, 64, 64]
+    loaded = MediaTokenizer.load(tmp_path / "tok")
+    assert isinstance(loaded, AudioTokenizer) and loaded.fingerprint == tok.fingerprint
+    assert loaded.config == tok.config
+    assert torch.equal(loaded.encode(wav), tok.encode(wav))
+    assert torch.equal(loaded.decode(tok.encode(wav)), tok.decode(tok.encode(wav)))
+
+
+def test_load_refuses_weights_that_do_not_match_the_fingerprint(tmp_path):
+    tok = small()
+    tok.save(tmp_path / "a")
+    with torch.no_grad():
+        next(tok.decoder.parameters()).add_(1.0)
+    tok.save(tmp_path / "b")
+    (tmp_path / "b" / "config.json").write_text((tmp_path / "a" / "config.json").read_text())
+    with pytest.raises(ValueError, match="fingerprint"):
+        MediaTokenizer.load(tmp_path / "b")
+
+
+@pytest.mark.parametrize(
+    "quantizer, sizes, kbps",
+    [
+        (QuantizerConfig(kind="fsq", levels=[8, 5, 5, 5], num_quantizers=4, quantizer_dropout=True), [1000] * 4, 50 * 4 * math.log2(1000) / 1000),
+        (QuantizerConfig(kind="vq", codebook_size=256, num_quantizers=2, quantizer_dropout=True), [256] * 2, 50 * 2 * 8 / 1000),
+        (QuantizerConfig(kind="vq", codebook_size=4096, num_quantizers=1), [4096], 50 * 12 / 1000),
+    ],
+    ids=["residual-fsq", "residual-vq", "one-big-codebook"],
+)
+def test_every_quantizer_family_encodes_decodes_and_reports_its_bitrate(quantizer, sizes, kbps):
+    tok = small(quantizer=quantizer)
+    assert tok.codebook_sizes == sizes
+    assert tok.bitrate_kbps() == pytest.approx(kbps)
+    codes = tok.encode(noise(2, 4000))
+    assert codes.shape == (2, 13, len(sizes))
+    assert tok.decode(codes).shape == (2, 1, 13 * 320)
+    out = tok.train()(noise(2, 4000))  # training path: straight-through reconstruction + quantizer loss
+    out.recon.sum().backward()
+    assert out.aux_loss.ndim == 0
+
+
+def test_bitrate_of_fewer_levels():
+    tok = small()
+    assert tok.bitrate_kbps(1) == pytest.approx(50 * 6 / 1000)
+    assert tok.bitrate_kbps() == pytest.approx(3 * tok.bitrate_kbps(1))
