@@ -4,25 +4,26 @@
         -> ResidualQuantizer (one FSQ per level by default) -> codes (B, F, levels)
         -> Decoder (transposed convs) -> wav (B, 1, F * hop)
 
-Convolutions are causal by default: frame ``t`` sees only samples before ``(t + 1) * hop``,
-so a long signal can be encoded in chunks that carry a fixed left context and reproduce the
-whole-signal codes (``encode_chunked``). Snake activations (DAC) suit the periodic signals
-speech and tones are made of; weight norm keeps GAN training stable.
+Every frame's receptive field is bounded (``context_frames``), so a long signal can be
+encoded in chunks that carry that much real context and reproduce the whole-signal codes
+(``encode_chunked``); causal convolutions need left context only (streaming). Weights start
+variance-preserving with zero biases (see ``_init``); weight norm keeps GAN training stable.
+The CPU recipes use ELU and non-causal convolutions: in our short runs they learned the
+waveform (SI-SDR) several times faster than Snake or causal ones.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field, replace
-from typing import Callable, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
-from anyseq.tokenizers.base import MediaTokenizer
+from anyseq.tokenizers.base import MediaTokenizer, inference
 from anyseq.tokenizers.quantizer import Quantizer, QuantizerConfig, QuantizerOutput
 
 
@@ -67,9 +68,9 @@ class AudioTokenizerConfig:
         latent_dim: width of the features handed to the quantizer.
         dilations: dilations of the residual units in every stage (SEANet: 1, 3, 9).
         kernel_size: kernel of the input, output and residual convolutions.
-        causal: pad on the left only, so chunked encoding needs left context only.
-        activation: ``snake`` (DAC; periodic inductive bias) or ``elu`` (SEANet; about twice as
-            fast on a CPU).
+        causal: pad on the left only (streaming: chunked encoding needs left context only).
+        activation: ``elu`` (SEANet) or ``snake`` (DAC; a periodic inductive bias that pays
+            off in long GPU runs but learns more slowly at first).
         quantizer: the codes: ``kind`` (fsq, vq, lfq), ``codebook_size``/``levels`` per level,
             ``num_quantizers`` residual levels, ``quantizer_dropout`` (4 FSQ levels of 1000
             codes with dropout by default). See :class:`ResidualQuantizer`.
@@ -86,8 +87,8 @@ class AudioTokenizerConfig:
     latent_dim: int = 64
     dilations: list[int] = field(default_factory=lambda: [1, 3, 9])
     kernel_size: int = 7
-    causal: bool = True
-    activation: Literal["snake", "elu"] = "snake"
+    causal: bool = False
+    activation: Literal["elu", "snake"] = "elu"
     quantizer: QuantizerConfig = field(default_factory=_fsq_default)
     dropout_probability: float = 0.5
 
@@ -302,22 +303,6 @@ class AudioTokenizerOutput(NamedTuple):
     aux_loss: Tensor  # quantizer loss (0 for FSQ)
 
 
-def _inference(fn: Callable) -> Callable:
-    """Run in eval mode without gradients, then restore the previous mode."""
-
-    @functools.wraps(fn)
-    def wrapper(self: nn.Module, *args, **kwargs):
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                return fn(self, *args, **kwargs)
-        finally:
-            self.train(was_training)
-
-    return wrapper
-
-
 class AudioTokenizer(MediaTokenizer):
     """Mono audio at ``sample_rate`` <-> ``(frames, levels)`` codes at ``frame_rate``."""
 
@@ -394,12 +379,12 @@ class AudioTokenizer(MediaTokenizer):
         return self.decoder(quantized.transpose(1, 2))
 
     # -- the protocol ------------------------------------------------------------------------------
-    @_inference
+    @inference
     def encode(self, wav: Tensor) -> Tensor:
         """(B, 1, N) in [-1, 1] -> int64 codes (B, ceil(N / hop), levels); the end is zero-padded."""
         return self.quantizer(self.latent(wav)).codes
 
-    @_inference
+    @inference
     def decode(self, codes: Tensor) -> Tensor:
         """(B, frames, levels or fewer leading levels) -> (B, 1, frames * hop) in [-1, 1]."""
         if codes.ndim != 3 or not 1 <= codes.shape[-1] <= self.num_quantizers:
@@ -412,7 +397,7 @@ class AudioTokenizer(MediaTokenizer):
         quantized = self.quantizer.decode(codes.to(self.device, torch.long))
         return self.decode_features(quantized).clamp(-1, 1)
 
-    @_inference
+    @inference
     def encode_chunked(self, wav: Tensor, chunk_seconds: float = 10.0) -> Tensor:
         """Same codes as :meth:`encode`, computing at most ``chunk_seconds`` (+ context) at a time.
 

@@ -10,11 +10,12 @@ can tell when it is paired with a different tokenizer.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib
 import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -50,6 +51,22 @@ def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
             value = config_from_dict(type(default), value)
         kwargs[key] = value
     return cls(**kwargs)
+
+
+def inference(fn: Callable) -> Callable:
+    """Run a tokenizer method in eval mode without gradients, then restore the previous mode."""
+
+    @functools.wraps(fn)
+    def wrapper(self: nn.Module, *args, **kwargs):
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                return fn(self, *args, **kwargs)
+        finally:
+            self.train(was_training)
+
+    return wrapper
 
 
 class MediaTokenizer(nn.Module):

@@ -13,16 +13,15 @@ its codes, and an image is exactly a one-frame video through the same code path 
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from anyseq.tokenizers.base import MediaTokenizer
+from anyseq.tokenizers.base import MediaTokenizer, inference
 from anyseq.tokenizers.quantizer import Quantizer, QuantizerConfig
 
 
@@ -252,22 +251,6 @@ class VisualTokenizerOutput(NamedTuple):
     aux_loss: Tensor  # quantizer loss (0 for FSQ)
 
 
-def _inference(fn: Callable) -> Callable:
-    """Run in eval mode without gradients, then restore the previous mode."""
-
-    @functools.wraps(fn)
-    def wrapper(self: nn.Module, *args, **kwargs):
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                return fn(self, *args, **kwargs)
-        finally:
-            self.train(was_training)
-
-    return wrapper
-
-
 class VisualTokenizer(MediaTokenizer):
     """Images ``(B, 3, H, W)`` and videos ``(B, 3, T, H, W)`` in [-1, 1] <-> codes in one codebook."""
 
@@ -353,13 +336,13 @@ class VisualTokenizer(MediaTokenizer):
         return VisualTokenizerOutput(recon, codes, aux)
 
     # -- the protocol ----------------------------------------------------------------------------
-    @_inference
+    @inference
     def encode(self, x: Tensor) -> Tensor:
         """(B, 3, H, W) -> (B, h, w); (B, 3, T, H, W) -> (B, 1 + (T - 1) // ft, h, w); int64 in [0, K)."""
         codes = self._quantize(self.latent(x))[1]
         return codes[:, 0] if x.ndim == 4 else codes
 
-    @_inference
+    @inference
     def decode(self, codes: Tensor) -> Tensor:
         """(B, h, w) -> (B, 3, H, W); (B, t, h, w) -> (B, 3, 1 + ft (t - 1), H, W); in [-1, 1]."""
         if codes.ndim not in (3, 4) or 0 in codes.shape:
