@@ -19,6 +19,8 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 from anyseq.cli import main as anyseq
 from anyseq.tokenizers import visual_benchmark, visual_eval
 from anyseq.tokenizers.base import load_tokenizer
@@ -35,7 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=4000)
     parser.add_argument("--videos", type=int, default=800)
     parser.add_argument("--held-out", type=int, default=256, help="held-out images (and a quarter as many clips)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is steadier on a busy machine)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     train = write_world(out / "world", args.images, args.videos, 0, seed=0)
     held_out = write_world(out / "held_out", args.held_out, args.held_out // 4, 0, seed=1)

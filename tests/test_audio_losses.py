@@ -125,3 +125,26 @@ def test_discriminator_loss_trains_only_the_discriminator_on_detached_fakes():
     assert all(p.grad is not None for p in d.parameters())
     generator_loss(d(generator_out)).backward()
     assert generator_out.grad is not None and generator_out.grad.abs().sum() > 0
+
+
+def test_the_balancer_gives_each_loss_its_weight_as_share_of_the_gradient():
+    from anyseq.tokenizers.audio_losses import Balancer
+
+    out = torch.randn(2, 1, 100, requires_grad=True)
+    target = torch.randn(2, 1, 100)
+
+    def combined(scale_b: float, balance: bool = True) -> torch.Tensor:
+        out.grad = None
+        balancer = Balancer({"a": 1.0, "b": 3.0}, balance=balance)
+        losses = {"a": waveform_l1(out, target), "b": scale_b * (out - target).pow(2).mean()}
+        balancer.surrogate(losses, out).backward()
+        return out.grad.clone()
+
+    g_a = torch.sign(out - target).detach() / out.numel()
+    g_b = 2 * (out - target).detach() / out.numel()
+    expected = 0.25 * g_a / g_a.norm() + 0.75 * g_b / g_b.norm()
+    assert torch.allclose(combined(1.0), expected, atol=1e-6)
+    assert torch.allclose(combined(1000.0), expected, atol=1e-6)  # a loss's scale does not matter
+    assert torch.allclose(combined(1.0, balance=False), g_a + 3 * g_b, atol=1e-6)  # plain weighted sum
+    with pytest.raises(KeyError, match="no weight"):
+        Balancer({"a": 1.0}).surrogate({"c": out.sum()}, out)

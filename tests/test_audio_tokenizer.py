@@ -159,3 +159,26 @@ def test_bitrate_of_fewer_levels():
     tok = small()
     assert tok.bitrate_kbps(1) == pytest.approx(50 * 6 / 1000)
     assert tok.bitrate_kbps() == pytest.approx(3 * tok.bitrate_kbps(1))
+
+
+def test_quantizer_dropout_keeps_a_random_prefix_of_levels_in_training_only():
+    from anyseq.tokenizers.audio import ResidualQuantizer
+
+    q = QuantizerConfig(kind="fsq", levels=[4, 4, 4], num_quantizers=4, quantizer_dropout=True)
+    rq = ResidualQuantizer(8, q, dropout_probability=1.0).train()
+    torch.manual_seed(0)
+    codes = rq(torch.randn(64, 5, 8)).codes
+    kept = (codes >= 0).sum(-1)  # levels kept per (item, frame)
+    assert set(kept[:, 0].tolist()) == {1, 2, 3, 4}  # every prefix length occurs
+    assert ((codes >= 0) == (torch.arange(4) < kept[..., None])).all()  # always a prefix
+    rq.eval()
+    assert (rq(torch.randn(4, 5, 8)).codes >= 0).all()  # no dropout at inference
+
+
+def test_decoding_a_prefix_sums_the_kept_levels():
+    tok = small()
+    codes = tok.encode(noise(1, 3200))
+    latent = tok.quantizer.decode(codes)
+    parts = [tok.quantizer.levels[k].decode(codes[..., k : k + 1]) for k in range(3)]
+    assert torch.allclose(latent, sum(parts), atol=1e-6)
+    assert torch.allclose(tok.quantizer.decode(codes[..., :2]), parts[0] + parts[1], atol=1e-6)

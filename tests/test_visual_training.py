@@ -72,21 +72,25 @@ def test_one_batch_is_one_step_with_the_gan_on_and_the_discriminator_learns(worl
 
 
 def test_a_short_run_learns_to_reconstruct_held_out_images(world, tmp_path):
-    """Must-show 2, short form: 60 steps of the tiny recipe on 256 synthetic images.
+    """Must-show 2, short form: 100 steps of the tiny recipe on 256 synthetic images (~30 s).
 
-    Measured on the 2-core CPU at this budget: PSNR ~ TODO dB, SSIM ~ TODO; the thresholds
-    leave a margin. Untrained, the same tokenizer scores ~ 11 dB.
+    Measured on the 2-core CPU at this budget (1 thread): held-out PSNR 19.5 dB, SSIM 0.69;
+    untrained 11 dB; painting each image's background colour everywhere scores 17.2 dB, so
+    the tokenizer has started placing the shapes. (At 100 steps JPEG at the same bpp is still
+    better, ~21.9 dB; the 10-minute run in scripts/train_visual_tiny.py is what beats it.)
     """
     torch.manual_seed(0)
     module = tiny_recipe(warmup_steps=10)
     data = VisualDataModule(str(world[0]), size=32, batch_size=16, kinds=["image"], max_scale=1.0)
+    module.configure_model()
+    untrained = evaluate_folder(module.tokenizer, world[1], tmp_path / "untrained")["images"]["psnr"]
     trainer(tmp_path, STEPS).fit(module, data)
     metrics = evaluate_folder(module.tokenizer, world[1], tmp_path / "eval")
     images = metrics["images"]
     assert images["count"] == 32 and images["bpp"] == pytest.approx(math.log2(4375) / 64)  # FSQ [7, 5, 5, 5, 5]
-    print(json.dumps({k: v for k, v in metrics.items() if k != "skipped"}, indent=1))
-    assert images["psnr"] > 0
-    assert images["ssim"] > 0
+    assert images["psnr"] > 18.5 and images["psnr"] > untrained + 5
+    assert images["ssim"] > 0.6
+    assert images["jpeg"]["psnr"] > 15  # the reference was computed at the same bits per pixel
     assert (tmp_path / "eval" / "reconstructions.png").is_file()
 
 

@@ -1,9 +1,11 @@
 """LightningModule that trains the audio codec: ``anyseq fit --config configs/tokenizer/audio_*.yaml``.
 
-Generator loss = mel x ``mel_weight`` + multi-scale STFT + waveform L1 + quantizer loss, and,
-from ``discriminator_start_step`` on, adversarial + feature-matching losses against the
+Generator losses: multi-scale mel, multi-scale STFT, waveform L1 and, from
+``discriminator_start_step`` on, adversarial + feature-matching losses against the
 multi-period and multi-scale STFT discriminators (updated first, each step, by their own
-optimizer). Manual optimization: one generator and one discriminator optimizer.
+optimizer); combined by a :class:`~anyseq.tokenizers.audio_losses.Balancer` (by default each
+weight is the loss's share of the gradient on the reconstruction), plus the quantizer loss.
+Manual optimization: one generator and one discriminator optimizer.
 
 The codec and discriminators are built in ``configure_model`` so a VQ quantizer decides its
 cross-rank codebook sync after the process group exists. Under DDP use
@@ -23,6 +25,7 @@ from torch import Tensor
 from anyseq.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig
 from anyseq.tokenizers.audio_losses import (
     AdversarialKind,
+    Balancer,
     DiscriminatorConfig,
     Discriminators,
     MultiScaleMelLoss,
@@ -53,8 +56,12 @@ class AudioTokenizerModule(L.LightningModule):
         discriminator_start_step: first step with adversarial training; ``None`` trains
             without discriminators (no second optimizer is built).
         adversarial_loss: ``hinge`` (EnCodec) or ``mse`` (least squares; HiFi-GAN, DAC).
-        mel_weight / stft_weight / waveform_weight / quantizer_weight / adversarial_weight /
-            feature_weight: loss weights (DAC: mel 15, adversarial 1, features 2).
+        balance: weights are shares of the reconstruction's gradient (EnCodec's balancer);
+            ``False``: a plain weighted sum (DAC: mel 15, adversarial 1, features 2).
+        mel_weight / stft_weight / waveform_weight / adversarial_weight / feature_weight: loss
+            weights. The waveform's large share is what makes the codec match phase (SI-SDR).
+        quantizer_weight: weight of the quantizer's own loss (VQ commitment; 0 for FSQ), added
+            outside the balancer since it acts on the latent.
         mel_windows / stft_windows: window sizes of the multi-scale spectral losses.
         lr / discriminator_lr / betas / warmup_steps / max_steps / min_lr_ratio: AdamW with
             linear warmup and cosine decay (``max_steps`` defaults to ``trainer.max_steps``).
@@ -68,12 +75,13 @@ class AudioTokenizerModule(L.LightningModule):
         discriminator: DiscriminatorConfig | None = None,
         discriminator_start_step: int | None = 0,
         adversarial_loss: AdversarialKind = "hinge",
-        mel_weight: float = 15.0,
+        balance: bool = True,
+        mel_weight: float = 1.0,
         stft_weight: float = 1.0,
-        waveform_weight: float = 1.0,
-        quantizer_weight: float = 1.0,
-        adversarial_weight: float = 1.0,
+        waveform_weight: float = 6.0,
+        adversarial_weight: float = 2.0,
         feature_weight: float = 2.0,
+        quantizer_weight: float = 1.0,
         mel_windows: list[int] | None = None,
         stft_windows: list[int] | None = None,
         lr: float = 3e-4,
@@ -96,6 +104,12 @@ class AudioTokenizerModule(L.LightningModule):
         sr = self.config.sample_rate
         self.mel_loss = MultiScaleMelLoss(sr, mel_windows) if mel_windows else MultiScaleMelLoss(sr)
         self.stft_loss = MultiScaleSTFTLoss(stft_windows) if stft_windows else MultiScaleSTFTLoss()
+        h = self.hparams
+        self.balancer = Balancer(
+            {"mel": h.mel_weight, "stft": h.stft_weight, "waveform": h.waveform_weight,
+             "adversarial": h.adversarial_weight, "feature": h.feature_weight},
+            balance=balance,
+        )  # fmt: skip
         self.tokenizer: AudioTokenizer | None = None
         self.discriminators: Discriminators | None = None
 
@@ -120,24 +134,8 @@ class AudioTokenizerModule(L.LightningModule):
             )
 
     # -- losses ----------------------------------------------------------------------------------
-    def reconstruction_losses(self, recon: Tensor, wav: Tensor, aux: Tensor) -> dict[str, Tensor]:
-        return {
-            "mel": self.mel_loss(recon, wav),
-            "stft": self.stft_loss(recon, wav),
-            "waveform": waveform_l1(recon, wav),
-            "quantizer": aux,
-        }
-
-    def _weights(self) -> dict[str, float]:
-        h = self.hparams
-        return {
-            "mel": h.mel_weight,
-            "stft": h.stft_weight,
-            "waveform": h.waveform_weight,
-            "quantizer": h.quantizer_weight,
-            "adversarial": h.adversarial_weight,
-            "feature": h.feature_weight,
-        }
+    def reconstruction_losses(self, recon: Tensor, wav: Tensor) -> dict[str, Tensor]:
+        return {"mel": self.mel_loss(recon, wav), "stft": self.stft_loss(recon, wav), "waveform": waveform_l1(recon, wav)}
 
     def _step(self, optimizer, loss: Tensor) -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -162,7 +160,7 @@ class AudioTokenizerModule(L.LightningModule):
                 self._step(opt_d, loss_d)
             logs["discriminator"] = loss_d.detach()
 
-        losses = self.reconstruction_losses(recon, wav, out.aux_loss)
+        losses = self.reconstruction_losses(recon, wav)
         with self.toggled_optimizer(opt_g) if gan else nullcontext():
             if gan:
                 fake = self.discriminators(recon)
@@ -170,15 +168,14 @@ class AudioTokenizerModule(L.LightningModule):
                     real = self.discriminators(wav)
                 losses["adversarial"] = generator_loss(fake, kind)
                 losses["feature"] = feature_matching_loss(real, fake)
-            weights = self._weights()
-            total = sum(weights[k] * v for k, v in losses.items())
-            self._step(opt_g, total)
+            surrogate = self.balancer.surrogate(losses, recon) + self.hparams.quantizer_weight * out.aux_loss
+            self._step(opt_g, surrogate)
+        losses["quantizer"] = out.aux_loss
 
         schedulers = self.lr_schedulers()
         for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
             scheduler.step()
         logs.update({k: v.detach() for k, v in losses.items()})
-        logs["loss"] = total.detach()
         logs["si_sdr"] = si_sdr(recon.detach(), wav).mean()
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=wav.shape[0])
         self.log("mel", logs["mel"], prog_bar=True, logger=False, batch_size=wav.shape[0])

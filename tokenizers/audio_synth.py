@@ -1,19 +1,24 @@
 """Synthetic sounds for training and testing the audio codec without downloading anything.
 
-Five families with known structure: steady tones with harmonics, chirps (linear and
+Six families with known structure: steady tones with harmonics, chirps (linear and
 exponential sweeps), noise bursts with decaying envelopes, vowel-like sounds (a glottal
-harmonic series shaped by formant resonances, with vibrato) and short beeps; a clip mixes
-one to three of them. Everything is numpy, deterministic given the generator.
+harmonic series shaped by formant resonances, with vibrato), short beeps, and the captioned
+sound scenes of :mod:`anyseq.world` (what the demo's transformer learns to generate); a clip
+mixes one to three of them. Everything is numpy, deterministic given the generator.
+
+    python -m anyseq.tokenizers.audio_synth --out runs/audio_data/train --count 2000
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-KINDS = ("tone", "chirp", "noise", "vowel", "beeps")
+KINDS = ("tone", "chirp", "noise", "vowel", "beeps", "scene")
 
 # First three formants (Hz) of five vowels, adult male averages (Peterson & Barney).
 FORMANTS = {"a": (730, 1090, 2440), "e": (530, 1840, 2480), "i": (270, 2290, 3010), "o": (570, 840, 2410), "u": (300, 870, 2240)}
@@ -88,12 +93,19 @@ def beeps(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
     return out
 
 
+def scene(rng: np.random.Generator, n: int, sr: int) -> np.ndarray:
+    from anyseq import world
+
+    return world.render_sound(world.sample_sound_scene(rng), sr, n / sr, rng).astype(np.float64)
+
+
 GENERATORS: dict[str, Callable[[np.random.Generator, int, int], np.ndarray]] = {
     "tone": tone,
     "chirp": chirp,
     "noise": noise,
     "vowel": vowel,
     "beeps": beeps,
+    "scene": scene,
 }
 
 
@@ -117,3 +129,20 @@ def write_corpus(folder: str | Path, count: int, seconds: float, sample_rate: in
     folder = Path(folder)
     rng = np.random.default_rng(seed)
     return [write_audio(folder / f"clip_{i:05d}.wav", synth_clip(rng, seconds, sample_rate), sample_rate) for i in range(count)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="audio_synth", description="write synthetic audio clips for codec training")
+    p.add_argument("--out", required=True, help="folder for clip_00000.wav ...")
+    p.add_argument("--count", type=int, default=1000)
+    p.add_argument("--seconds", type=float, default=1.0)
+    p.add_argument("--sample-rate", type=int, default=16000)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    paths = write_corpus(args.out, args.count, args.seconds, args.sample_rate, args.seed)
+    print(f"wrote {len(paths)} clips of {args.seconds:g} s to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
