@@ -2,14 +2,16 @@
 # The tiny audio codec's quality run, about 10 minutes on a 2-core CPU: synthesise clips,
 # train with `anyseq fit`, evaluate (SI-SDR, mel and STFT distance per number of levels,
 # codebook usage, kbps, Opus beside it), benchmark encode/decode real-time factors.
-#   bash scripts/train_audio_tiny.sh            # 1200 steps
+#   bash scripts/train_audio_tiny.sh            # 1600 steps
 #   bash scripts/train_audio_tiny.sh 300        # fewer steps
 # Outputs under runs/audio_tiny/: tokenizer/, eval/metrics.json + eval/examples/*.wav,
 # bench_cpu.json, lightning_logs/ (CSV metrics).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-$ROOT/.venv/bin}
-STEPS=${1:-1200}
+STEPS=${1:-1600}
+# One BLAS thread: on a shared 2-core machine two threads per process run several times slower.
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
 DATA=$ROOT/runs/audio_data
 OUT=$ROOT/runs/audio_tiny
 mkdir -p "$OUT"

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/visual_tiny_quality")
     parser.add_argument("--minutes", type=float, default=10.0, help="wall-clock training budget")
-    parser.add_argument("--steps", type=int, default=3000, help="training step budget")
+    parser.add_argument("--steps", type=int, default=1500, help="training step budget (the cosine ends there)")
     parser.add_argument("--images", type=int, default=4000)
     parser.add_argument("--videos", type=int, default=800)
     parser.add_argument("--held-out", type=int, default=256, help="held-out images (and a quarter as many clips)")

@@ -27,7 +27,7 @@ GPU = ROOT / "configs" / "tokenizer" / "audio_24khz_gpu.yaml"
 def corpus(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("audio")
     write_corpus(root / "train", 24, 1.0, 16000, seed=0)
-    write_corpus(root / "val", 4, 1.0, 16000, seed=1)
+    write_corpus(root / "val", 16, 1.0, 16000, seed=1)
     return root
 
 
@@ -90,3 +90,75 @@ def test_the_tiny_recipe_matches_the_demo_sizing():
     tok = AudioTokenizer(config_from_dict(AudioTokenizerConfig, init["tokenizer"]))
     assert tok.frame_rate * tok.num_quantizers <= 200
     assert sum(p.numel() for p in tok.parameters()) < 1_000_000
+
+
+QUALITY_STEPS = 120
+
+
+def _clips(folder: Path) -> torch.Tensor:
+    from anyseq.tokenizers.audio_data import AudioSegments
+
+    ds = AudioSegments([folder], 16000, 1.0, random=False)
+    return torch.stack([ds[i] for i in range(len(ds))])
+
+
+def _scores(tok: AudioTokenizer, wav: torch.Tensor) -> list[tuple[float, float]]:
+    """(mean SI-SDR, mel distance) when decoding 1, 2, ... levels."""
+    from anyseq.tokenizers.audio_losses import MultiScaleMelLoss, si_sdr
+
+    mel = MultiScaleMelLoss(16000)
+    codes = tok.encode(wav)
+    out = []
+    for levels in range(1, tok.num_quantizers + 1):
+        recon = tok.decode(codes[..., :levels])[..., : wav.shape[-1]]
+        out.append((si_sdr(recon, wav).mean().item(), mel(recon, wav).item()))
+    return out
+
+
+def test_a_short_run_of_the_tiny_recipe_learns_and_fewer_levels_degrade_gracefully(corpus):
+    """Must-show 2, short version: QUALITY_STEPS steps of the tiny recipe on synthetic clips.
+
+    The long version is scripts/train_audio_tiny.sh. This early, extra levels buy waveform
+    fidelity (SI-SDR) but not yet mel distance (flat within ~0.05); after 1000 steps both
+    improve with every level."""
+    import lightning as L
+
+    from anyseq.tokenizers.audio_data import AudioDataModule
+
+    init = yaml.safe_load(TINY.read_text())["model"]["init_args"]
+    init.pop("export_dir")
+    L.seed_everything(0)
+    module = AudioTokenizerModule(tokenizer=config_from_dict(AudioTokenizerConfig, init.pop("tokenizer")), **init)
+    module.configure_model()
+    val = _clips(corpus / "val")
+    before = _scores(module.tokenizer, val)
+    data = AudioDataModule(train=[str(corpus / "train")], segment_seconds=0.5, batch_size=8)
+    trainer = L.Trainer(
+        accelerator="cpu", max_steps=QUALITY_STEPS, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(module, data)
+    after = _scores(module.tokenizer, val)
+    # Measured at 120 steps on these 16 clips, seeds 0/1/2: SI-SDR (4 levels) -27.3/-31.4/-27.9 dB,
+    # mel 1.02/1.03/1.02; untrained: -47.5 dB, mel 1.68. Thresholds keep a ~5 dB / 0.12 margin.
+    (si_one, _), (si_all, mel_all) = after[0], after[-1]
+    assert si_all > -36.0 and mel_all < 1.15
+    assert si_all > before[-1][0] + 10 and mel_all < before[-1][1] - 0.4
+    # Graceful: each level adds waveform detail (never costs more than 1 dB of SI-SDR; all four
+    # beat one by 2.8..7.0 dB when measured), and no prefix of the codes falls apart.
+    assert all(b[0] > a[0] - 1.0 for a, b in zip(after, after[1:]))
+    assert si_all > si_one + 1.5
+    assert all(mel < 1.15 for _, mel in after)
+
+
+def test_the_schedule_counts_batches_while_lightning_counts_optimizer_steps():
+    import lightning as L
+
+    def batches(start, max_steps):
+        module = AudioTokenizerModule(discriminator_start_step=start)
+        module.trainer = L.Trainer(max_steps=max_steps, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+        return module._total_batches()
+
+    assert batches(None, 300) == 300  # no discriminators: one optimizer step per batch
+    assert batches(100, 300) == 200  # 100 batches of 1 step, then 100 batches of 2 steps
+    assert batches(500, 300) == 300

@@ -58,6 +58,15 @@ BAD_FILES = {
 }
 
 
+@pytest.fixture
+def one_thread():
+    """The test machine is shared: one intra-op thread is steadier than two that spin-wait on each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def dirty_world(tmp_path_factory):
     """A synthetic world (6 images, 2 clips) plus one file of every kind of bad media."""
@@ -136,7 +145,7 @@ def test_every_kind_of_bad_media_is_a_typed_error_naming_the_file(dirty_world):
         assert sample["error"].split(":")[0] in error and str(dirty_world / name) in sample["error"]
 
 
-def test_the_tiny_recipe_trains_on_the_good_files_and_reports_the_bad_ones(dirty_world, tmp_path):
+def test_the_tiny_recipe_trains_on_the_good_files_and_reports_the_bad_ones(dirty_world, tmp_path, one_thread):
     """`anyseq fit --config configs/tokenizer/visual_tiny.yaml`, 2 steps, end to end."""
     export = tmp_path / "tokenizer"
     rc = anyseq([

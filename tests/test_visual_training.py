@@ -3,6 +3,9 @@
 import io
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -12,8 +15,9 @@ import torch
 import yaml
 from PIL import Image
 
+from anyseq.cli import main as anyseq
 from anyseq.tokenizers import visual_benchmark, visual_eval
-from anyseq.tokenizers.base import config_from_dict
+from anyseq.tokenizers.base import MediaTokenizer, config_from_dict
 from anyseq.tokenizers.visual import VisualTokenizerConfig
 from anyseq.tokenizers.visual_data import VisualDataModule
 from anyseq.tokenizers.visual_eval import evaluate_folder, jpeg_at_bpp, jpeg_scan_bytes, psnr_uint8, ssim
@@ -88,6 +92,7 @@ def test_a_short_run_learns_to_reconstruct_held_out_images(world, tmp_path):
     metrics = evaluate_folder(module.tokenizer, world[1], tmp_path / "eval")
     images = metrics["images"]
     assert images["count"] == 32 and images["bpp"] == pytest.approx(math.log2(4375) / 64)  # FSQ [7, 5, 5, 5, 5]
+    print("short-run", untrained, images["psnr"], images["ssim"], images["jpeg"]["psnr"])
     assert images["psnr"] > 18.5 and images["psnr"] > untrained + 5
     assert images["ssim"] > 0.6
     assert images["jpeg"]["psnr"] > 15  # the reference was computed at the same bits per pixel
@@ -128,8 +133,8 @@ def test_eval_entry_point_writes_metrics_and_grids(world, tmp_path, capsys):
     module = tiny_recipe()
     module.configure_model()
     module.tokenizer.save(tmp_path / "tok")
-    rc = visual_eval.main(["--tokenizer", str(tmp_path / "tok"), "--data", str(world[1]), "--out", str(tmp_path / "out"),
-                           "--limit", "8"])
+    rc = anyseq(["eval-tokenizer", "--tokenizer", str(tmp_path / "tok"), "--data", str(world[1]),
+                 "--out", str(tmp_path / "out"), "--limit", "8"])
     assert rc == 0
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["images"]["count"] == 8 and metrics["videos"]["count"] == 4
@@ -151,3 +156,37 @@ def test_benchmark_reports_images_and_frames_per_second(tmp_path, capsys):
     report = json.loads((tmp_path / "b.json").read_text())
     for key in ("encode_images_per_s", "decode_images_per_s", "encode_frames_per_s", "decode_frames_per_s"):
         assert report[key] > 0
+
+
+DDP_SCRIPT = """
+import sys, torch, lightning as L
+from anyseq.tokenizers.quantizer import QuantizerConfig
+from anyseq.tokenizers.visual import VisualTokenizerConfig
+from anyseq.tokenizers.visual_data import VisualDataModule
+from anyseq.tokenizers.visual_module import VisualTokenizerModule
+
+config = VisualTokenizerConfig(channels=8, channel_mult=[1, 2, 2, 2], num_res_blocks=1, latent_dim=8,
+                               quantizer=QuantizerConfig(kind="vq", codebook_size=64, codebook_dim=4))
+module = VisualTokenizerModule(config, disc_start=1, disc_channels=8, disc_layers=2)
+data = VisualDataModule(sys.argv[1], size=32, video_frames=5, batch_size=4, video_batch_size=2)
+trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_find_unused_parameters_true", max_steps=3, logger=False,
+                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+trainer.fit(module, data)
+assert trainer.global_step == 3
+module.tokenizer.save(f"rank{trainer.global_rank}")
+codebook = module.tokenizer.quantizer.impl._codebook  # vector-quantize-pytorch's EMA codebook
+with open(f"rank{trainer.global_rank}/synced", "w") as f:
+    f.write(str(codebook.all_reduce_fn is torch.distributed.all_reduce))
+"""
+
+
+def test_ddp_on_two_cpu_processes_keeps_the_vq_codebook_in_sync(world, tmp_path):
+    """GAN steps under DDP, and the EMA codebook (built in configure_model) is the same on both ranks."""
+    (tmp_path / "ddp.py").write_text(DDP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "ddp.py", str(world[1])], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ranks = [MediaTokenizer.load(tmp_path / f"rank{r}") for r in (0, 1)]
+    assert ranks[0].fingerprint == ranks[1].fingerprint  # weights (all-reduced grads) and EMA codebook agree
+    assert all((tmp_path / f"rank{r}" / "synced").read_text() == "True" for r in (0, 1))  # EMA stats all-reduced

@@ -197,6 +197,7 @@ def evaluate_folder(
         "seconds": seconds,
         "kbps": tokenizer.bitrate_kbps(),
         **_mean(per_level[-1]),
+        "si_sdr_median": float(np.median([r["si_sdr"] for r in per_level[-1]])),
         "by_levels": [{"levels": lv + 1, "kbps": tokenizer.bitrate_kbps(lv + 1), **_mean(rows)} for lv, rows in enumerate(per_level)],
         "codebook": [{"level": lv, **codebook_stats(c)} for lv, c in enumerate(counts)],
         "rtf_encode": encode_time / seconds,
@@ -215,7 +216,10 @@ def evaluate_folder(
 
 
 def format_metrics(m: dict[str, Any]) -> str:
-    lines = [f"{m['files']} files, {m['seconds']:.1f} s; RTF encode {m['rtf_encode']:.4f}, decode {m['rtf_decode']:.4f} ({m['device']})"]
+    lines = [
+        f"{m['files']} files, {m['seconds']:.1f} s; RTF encode {m['rtf_encode']:.4f}, decode {m['rtf_decode']:.4f} "
+        f"({m['device']}); SI-SDR median {m['si_sdr_median']:.2f} dB"
+    ]
     lines.append(f"{'':>10} {'kbps':>6} {'SI-SDR':>8} {'mel':>7} {'STFT':>7}")
     for row in m["by_levels"]:
         lines.append(f"{row['levels']:>3} levels {row['kbps']:6.2f} {row['si_sdr']:8.2f} {row['mel_distance']:7.3f} {row['stft_distance']:7.3f}")

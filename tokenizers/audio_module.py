@@ -53,8 +53,9 @@ class AudioTokenizerModule(L.LightningModule):
     Args:
         tokenizer: the codec's architecture (sample rate, frame rate, widths, quantizer).
         discriminator: sizes of the MPD and multi-scale STFT discriminators.
-        discriminator_start_step: first step with adversarial training; ``None`` trains
-            without discriminators (no second optimizer is built).
+        discriminator_start_step: first batch with adversarial training; ``None`` trains
+            without discriminators (no second optimizer is built). Note that Lightning's
+            ``trainer.max_steps`` counts optimizer steps, two per batch from here on.
         adversarial_loss: ``hinge`` (EnCodec) or ``mse`` (least squares; HiFi-GAN, DAC).
         balance: weights are shares of the reconstruction's gradient (EnCodec's balancer);
             ``False``: a plain weighted sum (DAC: mel 15, adversarial 1, features 2).
@@ -64,7 +65,8 @@ class AudioTokenizerModule(L.LightningModule):
             outside the balancer since it acts on the latent.
         mel_windows / stft_windows: window sizes of the multi-scale spectral losses.
         lr / discriminator_lr / betas / warmup_steps / max_steps / min_lr_ratio: AdamW with
-            linear warmup and cosine decay (``max_steps`` defaults to ``trainer.max_steps``).
+            linear warmup and cosine decay over ``max_steps`` batches (by default, the batches
+            ``trainer.max_steps`` allows).
         grad_clip: gradient norm clip of both networks (None: off).
         export_dir: where the trained tokenizer is saved (``AudioTokenizer.save``) when fit ends.
     """
@@ -150,7 +152,7 @@ class AudioTokenizerModule(L.LightningModule):
         wav = batch
         out = self.tokenizer(wav)
         recon = out.recon[..., : wav.shape[-1]]
-        gan = self.adversarial and self.global_step >= self.hparams.discriminator_start_step
+        gan = self.adversarial and self.trainer.fit_loop.total_batch_idx >= self.hparams.discriminator_start_step
         kind = self.hparams.adversarial_loss
         logs: dict[str, Tensor] = {}
 
@@ -191,10 +193,20 @@ class AudioTokenizerModule(L.LightningModule):
         self.log_dict({f"val/{k}": v for k, v in metrics.items()}, prog_bar=True, sync_dist=True, batch_size=wav.shape[0])
 
     # -- optimisation ----------------------------------------------------------------------------
+    def _total_batches(self) -> int:
+        """Length of the schedule in batches. Lightning's ``max_steps`` counts optimizer steps:
+        one per batch, two once the discriminators train."""
+        h = self.hparams
+        if h.max_steps:
+            return h.max_steps
+        steps = self.trainer.max_steps if self.trainer.max_steps > 0 else 100_000
+        start = h.discriminator_start_step
+        return steps if start is None or steps <= start else start + (steps - start) // 2
+
     def _adamw(self, params, lr: float):
         h = self.hparams
         opt = torch.optim.AdamW(params, lr=lr, betas=tuple(h.betas))
-        total = h.max_steps or (self.trainer.max_steps if self.trainer.max_steps > 0 else 100_000)
+        total = self._total_batches()
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, h.warmup_steps, total, h.min_lr_ratio))
         return opt, sched
 
