@@ -35,16 +35,6 @@ DEFAULTS = {
 
 
 # -- prompt: media -> segments ----------------------------------------------------------------
-def _fit_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
-    """Center-crop the last two axes down to multiples of the tokenizer's spatial factor."""
-    h, w = x.shape[-2:]
-    nh, nw = h // multiple * multiple, w // multiple * multiple
-    if nh == 0 or nw == 0:
-        raise ValueError(f"media of {h}x{w} pixels is smaller than the tokenizer's factor {multiple}")
-    top, left = (h - nh) // 2, (w - nw) // 2
-    return x[..., top : top + nh, left : left + nw]
-
-
 def _resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
     if size is None:
         return x
@@ -58,6 +48,7 @@ def encode_prompt(
 ) -> Segment:
     """A prompt segment from text, a media file path, or decoded media (uint8 HW3 / THW3, float audio)."""
     from anyseq import media
+    from anyseq.tokenizers.visual_data import crop_to_multiple
 
     is_path = isinstance(value, (str, Path))
 
@@ -67,14 +58,14 @@ def encode_prompt(
     device = bundle.model.tok_embeddings.weight.device
     if kind == "image":
         x = torch.as_tensor(media.image_to_tensor(media.read_image(value) if is_path else value))  # (3, H, W)
-        x = _fit_to_multiple(_resize(x, image_size), tok.compression["height"])
+        x = crop_to_multiple(_resize(x, image_size), tok.compression["height"])
         return Segment("image", tok.encode(x[None].to(device))[0].cpu().numpy())
     if kind == "video":
         frames = media.read_video(value, max_frames=video_frames)[0] if is_path else value
         ft = tok.compression.get("time", 1)
         frames = frames[: 1 + (len(frames) - 1) // ft * ft]  # causal tokenizers take 1 + k*ft frames
         x = torch.as_tensor(media.video_to_tensor(frames))  # (3, T, H, W)
-        x = _fit_to_multiple(_resize(x.transpose(0, 1), image_size).transpose(0, 1), tok.compression["height"])
+        x = crop_to_multiple(_resize(x.transpose(0, 1), image_size).transpose(0, 1), tok.compression["height"])
         return Segment("video", tok.encode(x[None].to(device))[0].cpu().numpy())
     samples = media.read_audio(value, sample_rate=tok.sample_rate)[0] if is_path else value
     wav = torch.as_tensor(samples, dtype=torch.float32)[None, None].to(device)

@@ -2,6 +2,7 @@
 
 import os
 
+import pytest
 import torch
 
 # Without a GPU, Triton kernels run in Triton's CPU interpreter. Whether a kernel is
@@ -9,3 +10,12 @@ import torch
 # test module (or anything it imports) loads a kernel.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+@pytest.fixture
+def one_thread():
+    """The test machine is shared: one intra-op thread is steadier than two that spin-wait on each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

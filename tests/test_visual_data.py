@@ -58,15 +58,6 @@ BAD_FILES = {
 }
 
 
-@pytest.fixture
-def one_thread():
-    """The test machine is shared: one intra-op thread is steadier than two that spin-wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def dirty_world(tmp_path_factory):
     """A synthetic world (6 images, 2 clips) plus one file of every kind of bad media."""

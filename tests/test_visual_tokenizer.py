@@ -19,16 +19,8 @@ from anyseq.tokenizers.visual_losses import (
     load_feature_net,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine is shared: one intra-op thread is steadier than two that spin-wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny(ft: int = 4, spatial: int = 8, quantizer: QuantizerConfig | None = None, **kw) -> VisualTokenizer:

@@ -24,18 +24,10 @@ from anyseq.tokenizers.visual_eval import evaluate_folder, jpeg_at_bpp, jpeg_sca
 from anyseq.tokenizers.visual_module import VisualTokenizerModule
 from anyseq.world import write_world
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 100  # the short quality run's budget (thresholds below were measured at it)
 RECIPE = ROOT / "configs/tokenizer/visual_tiny.yaml"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The test machine is shared: one intra-op thread is steadier than two that spin-wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_recipe(**overrides) -> VisualTokenizerModule:

@@ -97,6 +97,16 @@ def fit_to_size(x: Tensor, size: int, scale: float = 1.0, random: bool = False, 
     return x.flip(-1) if flip else x
 
 
+def crop_to_multiple(x: Tensor, multiple: int) -> Tensor:
+    """Center-crop the last two axes down to multiples of ``multiple`` (a tokenizer's spatial factor)."""
+    height, width = x.shape[-2:]
+    h, w = height // multiple * multiple, width // multiple * multiple
+    if h == 0 or w == 0:
+        raise ValueError(f"{height}x{width} pixels is smaller than the tokenizer's spatial compression {multiple}")
+    top, left = (height - h) // 2, (width - w) // 2
+    return x[..., top : top + h, left : left + w]
+
+
 class VisualDataset(Dataset):
     """Decoded, resized samples: images (3, size, size) and clips (3, frames, size, size) in [-1, 1].
 

@@ -37,7 +37,7 @@ from torch import Tensor
 from anyseq import media
 from anyseq.tokenizers.base import load_tokenizer
 from anyseq.tokenizers.visual import VisualTokenizer
-from anyseq.tokenizers.visual_data import fit_to_size, list_media
+from anyseq.tokenizers.visual_data import crop_to_multiple, fit_to_size, list_media
 from anyseq.tokenizers.visual_losses import PerceptualLoss, load_feature_net
 
 
@@ -142,17 +142,8 @@ def jpeg_at_bpp(image: np.ndarray, bpp: float) -> dict[str, Any]:
 
 
 # -- loading -------------------------------------------------------------------------------------------
-def _center_crop_to_multiple(x: Tensor, multiple: int) -> Tensor:
-    height, width = x.shape[-2:]
-    h, w = height // multiple * multiple, width // multiple * multiple
-    if h == 0 or w == 0:
-        raise ValueError(f"{height}x{width} is smaller than the tokenizer's spatial compression {multiple}")
-    top, left = (height - h) // 2, (width - w) // 2
-    return x[..., top : top + h, left : left + w]
-
-
 def _prepare(x: Tensor, size: int | None, multiple: int) -> Tensor:
-    return fit_to_size(x, size) if exists(size) else _center_crop_to_multiple(x, multiple)
+    return fit_to_size(x, size) if exists(size) else crop_to_multiple(x, multiple)
 
 
 def _load(items, tokenizer: VisualTokenizer, size: int | None, frames: int | None, limit: int | None):
