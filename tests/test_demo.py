@@ -29,8 +29,23 @@ def test_every_direction_produces_decodable_outputs(demo):
 
 def test_report_shows_samples_accuracies_and_timings(demo):
     report = (demo / "report.html").read_text()
-    for needle in ("Judged accuracy", "text → image", "audio → text", "Timings", "<audio controls", "data:image/png"):
+    for needle in ("Judged accuracy", "text → image", "audio → text", "Timings", "<audio controls", "data:image/png",
+                   "tokenizer round trip"):
         assert needle in report
+
+
+def test_the_judges_also_read_the_tokenizers_own_reconstructions(demo):
+    """The reference for text -> media: how legible the tokenizers' decodings of held-out media are."""
+    metrics = json.loads((demo / "progress.json").read_text())["tokenizer_metrics"]
+    assert set(metrics["judged_round_trip"]) == {"image", "video", "audio"}
+    assert all(0.0 <= v <= 1.0 for v in metrics["judged_round_trip"].values())
+
+
+def test_both_media_tokenizers_are_exported_and_timed(demo):
+    progress = json.loads((demo / "progress.json").read_text())
+    for kind in ("visual", "audio"):
+        stage = progress[f"{kind}_tokenizer"]
+        assert stage["seconds"] > 0 and (demo / "tokenizers" / kind / "config.json").exists()
 
 
 def test_rerun_resumes_without_redoing_finished_stages(demo, capsys):
