@@ -40,7 +40,7 @@ CONFIGS = Path(anyseq.__file__).resolve().parents[1] / "configs"
 
 @dataclass(frozen=True)
 class Plan:
-    """Sizes of one demo run. ``default`` finishes on a 2-core CPU in about 15 minutes."""
+    """Sizes of one demo run. ``default`` finishes on an idle 2-core CPU in about 13.5 minutes."""
 
     n_images: int = 2400
     n_videos: int = 800

@@ -1,6 +1,8 @@
 """The demo: every direction produces decodable outputs, the report is written, a rerun resumes."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +89,16 @@ def test_generate_errors_name_the_fix(demo, tmp_path, capsys):
                    "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "context" in err or "max_height" in err
+
+
+def test_generation_benchmark_times_the_same_batch_with_and_without_the_cache(demo, tmp_path):
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_generate.py"
+    spec = importlib.util.spec_from_file_location("bench_generate", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--checkpoint", str(demo / "model" / "last.ckpt"), "--to", "image", "text", "--batch", "2",
+                       "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["to"] for r in rows] == ["image", "text"]
+    assert all(r["new_tokens"] > 0 and r["tokens_per_s_cache"] > 0 and r["tokens_per_s_no_cache"] > 0 for r in rows)
