@@ -98,7 +98,7 @@ class Progress:
         print(f"[demo] {name}: done in {result['seconds']:.0f} s", flush=True)
         return result
 
-    def run_side_by_side(self, stages: dict[str, tuple[Callable[..., dict[str, Any]], tuple]]) -> dict[str, dict[str, Any]]:
+    def run_side_by_side(self, stages: dict[str, tuple[Callable[..., dict[str, Any]], tuple]]) -> dict[str, dict]:
         """Stages ``name: (fn, args)`` in spawned processes at one thread each, side by side.
 
         Small convolutions scale badly across threads: on a 2-core CPU the demo's two 600-step
@@ -307,7 +307,10 @@ def _round_trip(tokenizer, kind: str, path: Path, plan: Plan) -> np.ndarray:
     if kind == "audio":
         wav = torch.as_tensor(media.read_audio(path, sample_rate=plan.sample_rate)[0], dtype=torch.float32)
         return tokenizer.decode(tokenizer.encode(wav[None, None]))[0].reshape(-1).numpy()
-    pixels = media.image_to_tensor(media.read_image(path)) if kind == "image" else media.video_to_tensor(media.read_video(path)[0])
+    if kind == "image":
+        pixels = media.image_to_tensor(media.read_image(path))
+    else:
+        pixels = media.video_to_tensor(media.read_video(path)[0])
     decoded = tokenizer.decode(tokenizer.encode(torch.as_tensor(pixels)[None]))[0].numpy()
     return media.tensor_to_image(decoded) if kind == "image" else media.tensor_to_video(decoded)
 
