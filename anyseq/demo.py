@@ -304,13 +304,11 @@ def _read(path: Path, target: str, plan: Plan) -> Any:
 
 def _round_trip(tokenizer, kind: str, path: Path, plan: Plan) -> np.ndarray:
     """Held-out media through the tokenizer and back, as the judges read media."""
+    x = _read(path, kind, plan)
     if kind == "audio":
-        wav = torch.as_tensor(media.read_audio(path, sample_rate=plan.sample_rate)[0], dtype=torch.float32)
-        return tokenizer.decode(tokenizer.encode(wav[None, None]))[0].reshape(-1).numpy()
-    if kind == "image":
-        pixels = media.image_to_tensor(media.read_image(path))
-    else:
-        pixels = media.video_to_tensor(media.read_video(path)[0])
+        wav = torch.as_tensor(x, dtype=torch.float32)[None, None]
+        return tokenizer.decode(tokenizer.encode(wav))[0].reshape(-1).numpy()
+    pixels = media.image_to_tensor(x) if kind == "image" else media.video_to_tensor(x)
     decoded = tokenizer.decode(tokenizer.encode(torch.as_tensor(pixels)[None]))[0].numpy()
     return media.tensor_to_image(decoded) if kind == "image" else media.tensor_to_video(decoded)
 

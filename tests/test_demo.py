@@ -2,12 +2,13 @@
 
 import importlib.util
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from anyseq.cli import main as anyseq
-from anyseq.demo import DIRECTIONS
+from anyseq.demo import DIRECTIONS, PLANS, _held_out, evaluate
 
 
 @pytest.fixture(scope="module")
@@ -102,3 +103,17 @@ def test_generation_benchmark_times_the_same_batch_with_and_without_the_cache(de
     rows = json.loads(out.read_text())["rows"]
     assert [r["to"] for r in rows] == ["image", "text"]
     assert all(r["new_tokens"] > 0 and r["tokens_per_s_cache"] > 0 and r["tokens_per_s_no_cache"] > 0 for r in rows)
+
+
+def test_several_samples_per_prompt_are_all_judged_and_the_report_shows_distinct_prompts(demo, tmp_path):
+    """CFG's effect is a few points: the default judges 4 samples of every held-out prompt."""
+    plan = replace(PLANS["quick"], samples_per_prompt=3)
+    progress = json.loads((demo / "progress.json").read_text())
+    result = evaluate(tmp_path, progress["model"]["checkpoint"], Path(progress["world"]["held_out"]), plan, "cpu")
+    for name, d in result["directions"].items():
+        assert d["n"] == 3 * plan.eval_per_direction, name
+        assert len(list((tmp_path / "samples").glob(f"{name.replace('->', '2')}_plain_*"))) == d["n"]
+        source, target = name.split("->")
+        kind = target if source == "text" else source
+        held_out = _held_out(Path(progress["world"]["held_out"]), kind, plan.eval_per_direction)
+        assert [s["prompt"] for s in d["samples"]] == [r["text" if source == "text" else kind] for r in held_out], name
