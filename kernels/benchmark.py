@@ -5,7 +5,9 @@
     python -m anyseq.kernels.benchmark --out bench/ --only attention,decode
 
 Writes ``kernels.json`` (every measurement plus the environment) and ``kernels.md`` (tables
-and the targets check). Conventions:
+and the targets check) after each section, so a run cut short keeps the sections it finished;
+a later run on the same GPU and versions replaces only the sections it measures (``--only``)
+and keeps the others. Conventions:
 - attention FLOPs count only unmasked (query, key) pairs: forward 4*D per pair (QK^T and PV),
   forward+backward 14*D per pair (2.5x the forward for the five backward matmuls);
 - bandwidth is the bytes a kernel must move (inputs read once, outputs written once) over
@@ -67,7 +69,7 @@ def packed_documents(batch: int, seq: int, seed: int = 0) -> torch.Tensor:
         ids, n, doc = [], 0, 0
         while n < seq:
             length = int(math.exp(math.log(seq / 6) + torch.randn((), generator=g).item()))
-            length = max(32, min(length, seq - n))
+            length = min(max(32, length), seq - n)  # at least 32 tokens, except where the row ends
             ids += [doc] * length
             n, doc = n + length, doc + 1
         rows.append(ids)
@@ -78,6 +80,9 @@ def packed_documents(batch: int, seq: int, seed: int = 0) -> torch.Tensor:
 def bench_attention(seqs: list[int], head_dims: list[int], tokens: int, width: int) -> list[dict]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
+    # FlexAttention compiles once per shape; past dynamo's recompile limit (8 by default) it
+    # would silently run eagerly, and the sweep has more shapes than that.
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(seqs) * len(head_dims))
     rows = []
     for D in head_dims:
         H = width // D
@@ -302,11 +307,34 @@ def markdown(results: dict, env: dict) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+SECTIONS = ("attention", "loss", "rms_norm", "decode")
+SAME_SETUP = ("gpu", "torch", "triton")
+
+
+def earlier_sections(path: Path, env: dict) -> dict:
+    """Sections an earlier run wrote to ``path`` on the same GPU and versions (else none)."""
+    if not path.exists():
+        return {}
+    earlier = json.loads(path.read_text())
+    if any(earlier.get("environment", {}).get(k) != env[k] for k in SAME_SETUP):
+        return {}
+    return {k: earlier[k] for k in SECTIONS if k in earlier}
+
+
+def write(out: Path, env: dict, results: dict) -> None:
+    results = {k: results[k] for k in SECTIONS if k in results}
+    results["targets"] = targets_check(results)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kernels.json").write_text(json.dumps({"environment": env, **results}, indent=1))
+    (out / "kernels.md").write_text(markdown(results, env))
+    print(f"wrote {out / 'kernels.json'} and {out / 'kernels.md'}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for kernels.json and kernels.md")
     parser.add_argument("--quick", action="store_true", help="a short subset: seq 1k/4k/16k, head dim 128")
-    parser.add_argument("--only", default="attention,loss,rms_norm,decode", help="comma-separated sections")
+    parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     parser.add_argument("--hbm-tbps", type=float, default=4.8, help="HBM bandwidth to compare with (H200: 4.8)")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
@@ -316,27 +344,24 @@ def main(argv: list[str] | None = None) -> int:
     import triton
 
     sections = set(args.only.split(","))
-    unknown = sections - {"attention", "loss", "rms_norm", "decode"}
+    unknown = sections - set(SECTIONS)
     if unknown:
         parser.error(f"--only: unknown sections {sorted(unknown)}")
     env = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
            "python": platform.python_version(), "hbm_tbps": args.hbm_tbps, "quick": args.quick}
     seqs = [1024, 4096, 16384] if args.quick else [1024, 2048, 4096, 8192, 16384]
     head_dims = [128] if args.quick else [64, 128]
-    results: dict = {}
-    if "attention" in sections:
-        results["attention"] = bench_attention(seqs, head_dims, tokens=16384, width=2048)
-    if "loss" in sections:
-        results["loss"] = bench_loss([65536, 184622], tokens=8192, width=4096)
-    if "rms_norm" in sections:
-        results["rms_norm"] = bench_rms_norm(16384, 4096, args.hbm_tbps)
-    if "decode" in sections:
-        results["decode"] = bench_decode([4096, 16384] if args.quick else [4096, 16384, 65536], args.hbm_tbps)
-    results["targets"] = targets_check(results)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "kernels.json").write_text(json.dumps({"environment": env, **results}, indent=1))
-    (args.out / "kernels.md").write_text(markdown(results, env))
-    print(f"wrote {args.out / 'kernels.json'} and {args.out / 'kernels.md'}")
+    runs = {
+        "attention": lambda: bench_attention(seqs, head_dims, tokens=16384, width=2048),
+        "loss": lambda: bench_loss([65536, 184622], tokens=8192, width=4096),
+        "rms_norm": lambda: bench_rms_norm(16384, 4096, args.hbm_tbps),
+        "decode": lambda: bench_decode([4096, 16384] if args.quick else [4096, 16384, 65536], args.hbm_tbps),
+    }
+    results = earlier_sections(args.out / "kernels.json", env)
+    for name, run in runs.items():
+        if name in sections:
+            results[name] = run()
+            write(args.out, env, results)
     return 0
 
 

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from anyseq.kernels.benchmark import markdown, packed_documents, targets_check
+from anyseq.kernels.benchmark import earlier_sections, markdown, packed_documents, targets_check, write
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when no GPU is present")
@@ -17,12 +17,24 @@ def test_without_cuda_the_benchmark_exits_with_a_clear_message(tmp_path):
     assert "needs a CUDA GPU" in run.stderr and not any(tmp_path.iterdir())
 
 
-def test_packed_documents_fill_each_row_with_documents_of_at_least_32_tokens():
-    ids = packed_documents(3, 4096)
-    assert ids.shape == (3, 4096)
-    for row in ids:
-        _, counts = torch.unique_consecutive(row, return_counts=True)
-        assert counts[:-1].min() >= 32 and len(counts) > 1  # only the last one may be cut short
+@pytest.mark.parametrize("seq", [256, 4096])
+def test_packed_documents_fill_each_row_with_documents_of_at_least_32_tokens(seq):
+    for seed in range(8):
+        ids = packed_documents(3, seq, seed=seed)
+        assert ids.shape == (3, seq)
+        for row in ids:
+            _, counts = torch.unique_consecutive(row, return_counts=True)
+            assert (counts[:-1] >= 32).all()  # only the last one may be cut short
+            assert len(counts) > 1 or seq < 1024  # a long row holds several documents
+
+
+def test_a_later_run_replaces_only_its_own_sections_on_the_same_setup(tmp_path):
+    env = {"gpu": "H200", "torch": "2.11", "triton": "3.6", "hbm_tbps": 4.8}
+    decode = [{"batch": 8, "impl": "anyseq-triton (flash-decoding)", "hbm_fraction": 0.8}]
+    write(tmp_path, env, {"decode": decode})
+    assert earlier_sections(tmp_path / "kernels.json", env) == {"decode": decode}
+    assert earlier_sections(tmp_path / "kernels.json", {**env, "gpu": "H100"}) == {}
+    assert "| decode fraction of HBM bandwidth | 0.70 | 0.80 |" in (tmp_path / "kernels.md").read_text()
 
 
 def test_targets_check_compares_ours_with_each_baseline_per_configuration():
