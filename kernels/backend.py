@@ -65,6 +65,20 @@ def interpreting() -> bool:
     return bool(knobs.runtime.interpret)
 
 
+def multiprocessors(device: torch.device) -> int:
+    """Streaming multiprocessors of the GPU Triton launches on, which sizes split-K style grids.
+
+    Asks Triton's active driver, so a compile-only driver (``compile_check``) answers for the
+    GPU it compiles for; the interpreter is taken as a two-SM GPU, so tests still see splits.
+    """
+    if interpreting():
+        return 2
+    from triton.runtime import driver
+
+    index = device.index if device.type == "cuda" and device.index is not None else driver.active.get_current_device()
+    return driver.active.utils.get_device_properties(index)["multiprocessor_count"]
+
+
 def triton_module(name: str, device: torch.device) -> ModuleType:
     """Import ``anyseq.kernels.<name>`` (a Triton module) for tensors on ``device``.
 

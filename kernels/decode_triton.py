@@ -14,7 +14,7 @@ import triton.language as tl
 from torch import Tensor
 
 from anyseq.kernels.attention_triton import _precision, _rows, _unpad, head_dim_tile, strides
-from anyseq.kernels.backend import interpreting
+from anyseq.kernels.backend import interpreting, multiprocessors
 
 INTERPRETED = interpreting()
 
@@ -94,10 +94,6 @@ def _merge_kernel(OP, LSEP, O, stride_ob, stride_oh, stride_ot, H, T, NUM_SPLITS
              out.to(O.dtype.element_ty))
 
 
-def _num_sms(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
-
-
 def forward(
     q: Tensor, k: Tensor, v: Tensor, kv_start: Tensor, kv_end: Tensor, scale: float, num_splits: int | None = None
 ) -> Tensor:
@@ -113,7 +109,7 @@ def forward(
     block_n = 16 if INTERPRETED else 64
     key_tiles = triton.cdiv(S, block_n)
     if num_splits is None:
-        num_splits = triton.cdiv(2 * _num_sms(q.device), B * HK)
+        num_splits = triton.cdiv(2 * multiprocessors(q.device), B * HK)
     num_splits = max(1, min(num_splits, key_tiles))
     split_len = triton.cdiv(key_tiles, num_splits) * block_n
     num_splits = triton.cdiv(S, split_len)

@@ -11,7 +11,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from anyseq.kernels.backend import interpreting
+from anyseq.kernels.backend import interpreting, multiprocessors
 
 INTERPRETED = interpreting()
 MAX_FEATURES = 65536
@@ -78,8 +78,7 @@ def backward(dy: Tensor, x: Tensor, weight: Tensor, rstd: Tensor, dh: Tensor | N
     C = x.shape[-1]
     N = x.numel() // C
     block, warps = _launch(C)
-    sms = 1 if INTERPRETED else torch.cuda.get_device_properties(x.device).multi_processor_count
-    programs = max(1, min(N, 4 * sms))  # each program sums the weight gradient of its rows
+    programs = max(1, min(N, 4 * multiprocessors(x.device)))  # each program sums the weight gradient of its rows
     dx = torch.empty_like(x)
     partial = torch.empty((programs, C), device=x.device, dtype=torch.float32)
     _bwd_kernel[(programs,)](dy, x, weight, rstd, dy if dh is None else dh, dx, partial, N, C,
