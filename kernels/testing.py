@@ -10,8 +10,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from anyseq.kernels.backend import interpreting
+
 OUTPUT_FACTOR, GRAD_FACTOR = 2.0, 3.0
 EPS = {torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
+
+
+def kernel_device() -> torch.device:
+    """Where this process runs the Triton kernels: the CPU under the interpreter, else the GPU.
+
+    The same small test cases then check the interpreted kernels in CPU CI and the compiled
+    ones on a GPU machine."""
+    return torch.device("cpu" if interpreting() or not torch.cuda.is_available() else "cuda")
 
 
 def max_error(x: Tensor, oracle: Tensor) -> float:

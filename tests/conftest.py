@@ -5,11 +5,23 @@ import os
 import pytest
 import torch
 
-# Without a GPU, Triton kernels run in Triton's CPU interpreter. Whether a kernel is
-# interpreted is fixed when its module is first imported, so this must happen before any
-# test module (or anything it imports) loads a kernel.
+# Without a GPU, Triton kernels run in Triton's CPU interpreter; with one they compile, and
+# the kernel tests run on it (``kernel_device``). Whether a kernel is interpreted is fixed
+# when its module is first imported, so this must happen before any test module loads one.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+def pytest_collection_modifyitems(config, items):
+    """``@pytest.mark.gpu`` tests need Triton compiled for a CUDA device, not interpreted."""
+    from anyseq.kernels.backend import interpreting
+
+    if torch.cuda.is_available() and not interpreting():
+        return
+    reason = "needs a CUDA device" if not torch.cuda.is_available() else "Triton is interpreted (TRITON_INTERPRET=1)"
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture

@@ -1,12 +1,10 @@
 """Interval attention: the masks mean what they say, and the Triton kernel equals the reference.
 
-Triton runs in its CPU interpreter here (TRITON_INTERPRET=1 is set before any kernel module
-is imported); GPU-only checks at bf16 and realistic sizes skip without CUDA.
+Without a GPU, Triton runs in its CPU interpreter (tests/conftest.py); with one, the same
+cases run compiled on it (``kernel_device``), and the bf16 checks at realistic sizes run too.
 """
 
 import os
-
-os.environ["TRITON_INTERPRET"] = "1"  # must precede the first import of a Triton kernel module
 
 import pytest
 import torch
@@ -27,17 +25,22 @@ from anyseq.kernels.testing import (
     OUTPUT_FACTOR,
     assert_within_rule,
     documents,
+    kernel_device,
     mask_from_ids,
     oracle_attention,
     spans,
 )
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+DEVICE = kernel_device()
 
 
 # -- mask layouts -------------------------------------------------------------------------------
-def layout(kind: str, B: int, T: int, S: int) -> tuple[torch.Tensor, torch.Tensor]:
+def layout(kind: str, B: int, T: int, S: int, device=DEVICE) -> tuple[torch.Tensor, torch.Tensor]:
     """(kv_start, kv_end) for T queries over S keys."""
+    return tuple(x.to(device) for x in _intervals(kind, B, T, S))
+
+
+def _intervals(kind: str, B: int, T: int, S: int) -> tuple[torch.Tensor, torch.Tensor]:
     if kind == "causal":
         return causal_intervals(torch.zeros(B, T, dtype=torch.long))
     if kind == "documents":  # one-token documents among longer ones
@@ -75,9 +78,9 @@ CASES = [  # (B, Hq, Hkv, T, S, D, layout)
 ]
 
 
-def inputs(B, H, HK, T, S, D, dtype, seed=0):
+def inputs(B, H, HK, T, S, D, dtype, seed=0, device=DEVICE):
     g = torch.Generator().manual_seed(seed)
-    return [torch.randn(shape, generator=g).to(dtype).requires_grad_() for shape in
+    return [torch.randn(shape, generator=g).to(device, dtype).requires_grad_() for shape in
             ((B, H, T, D), (B, HK, S, D), (B, HK, S, D))]
 
 
@@ -142,7 +145,7 @@ def test_triton_forward_and_gradients_match_oracle(case, dtype):
     B, H, HK, T, S, D, kind = case
     q, k, v = inputs(B, H, HK, T, S, D, dtype)
     start, end = layout(kind, B, T, S)
-    grad_out = torch.randn(B, H, T, D, generator=torch.Generator().manual_seed(1))
+    grad_out = torch.randn(B, H, T, D, generator=torch.Generator().manual_seed(1)).to(DEVICE)
 
     q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
     oracle = oracle_attention(q64, k64, v64, dense_mask(start, end, S), D**-0.5)
@@ -162,8 +165,8 @@ def test_triton_never_reads_key_tiles_outside_every_interval():
     B, H, T, pad, D = 1, 2, 24, 32, 32
     q, k, v = (x.detach() for x in inputs(B, H, 1, T, pad + T, D, torch.float32))
     k[:, :, :pad], v[:, :, :pad] = float("nan"), float("nan")
-    start = torch.full((B, T), pad, dtype=torch.int32)
-    end = torch.arange(pad + 1, pad + T + 1, dtype=torch.int32)[None]
+    start = torch.full((B, T), pad, dtype=torch.int32, device=DEVICE)
+    end = torch.arange(pad + 1, pad + T + 1, dtype=torch.int32, device=DEVICE)[None]
     q.requires_grad_(), k.requires_grad_(), v.requires_grad_()
     with use_backend("triton"):
         out = attention(q, k, v, start, end)
@@ -223,8 +226,8 @@ def test_environment_variable_picks_the_backend():
 
 def test_triton_on_cpu_without_interpreter_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    q, k, v = inputs(1, 1, 1, 3, 3, 16, torch.float32)
-    start, end = layout("causal", 1, 3, 3)
+    q, k, v = inputs(1, 1, 1, 3, 3, 16, torch.float32, device="cpu")
+    start, end = layout("causal", 1, 3, 3, device="cpu")
     with use_backend("triton"), pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         attention(q, k, v, start, end)
 
@@ -262,9 +265,9 @@ def test_compiled_function_equals_eager(backend):
         return loss.mean() + 1e-3 * (lse**2).mean()
 
     g = torch.Generator().manual_seed(0)
-    params = [torch.randn(s, generator=g).requires_grad_() for s in ((18, 16), (16,), (16, 16), (50, 16))]
-    targets = torch.randint(0, 50, (18,), generator=g)
-    start, end = causal_intervals(documents([[4, 5]] * 2))
+    params = [torch.randn(s, generator=g).to(DEVICE).requires_grad_() for s in ((18, 16), (16,), (16, 16), (50, 16))]
+    targets = torch.randint(0, 50, (18,), generator=g).to(DEVICE)
+    start, end = (x.to(DEVICE) for x in causal_intervals(documents([[4, 5]] * 2)))
     with use_backend(backend):
         eager = step(*params, targets, start, end)
         eager_grads = torch.autograd.grad(eager, params)
@@ -279,12 +282,12 @@ def test_compiled_function_equals_eager(backend):
 GPU_CASES = [(2, 16, 4, 1024, 64, "documents"), (1, 8, 8, 2047, 128, "images"), (2, 32, 8, 513, 128, "causal")]
 
 
-@cuda
+@pytest.mark.gpu
 @pytest.mark.parametrize("case", GPU_CASES, ids=[f"{c[5]}-T{c[3]}-d{c[4]}" for c in GPU_CASES])
 def test_gpu_bf16_matches_oracle(case):
     B, H, HK, T, D, kind = case
-    start, end = (x.cuda() for x in layout(kind, B, T, T))
-    q, k, v = (x.detach().cuda().requires_grad_() for x in inputs(B, H, HK, T, T, D, torch.bfloat16))
+    start, end = layout(kind, B, T, T)
+    q, k, v = (x.detach().requires_grad_() for x in inputs(B, H, HK, T, T, D, torch.bfloat16))
     grad_out = torch.randn(B, H, T, D, device="cuda")
     q64, k64, v64 = (x.detach().double().requires_grad_() for x in (q, k, v))
     oracle = oracle_attention(q64, k64, v64, dense_mask(start, end, T), D**-0.5)
@@ -296,11 +299,11 @@ def test_gpu_bf16_matches_oracle(case):
         assert_within_rule(f"{kind} {name}", g, t, w, factor)
 
 
-@cuda
+@pytest.mark.gpu
 def test_gpu_backward_is_deterministic():
     B, H, HK, T, D = 2, 16, 4, 2048, 128
-    start, end = (x.cuda() for x in layout("documents", B, T, T))
-    q, k, v = (x.detach().cuda() for x in inputs(B, H, HK, T, T, D, torch.bfloat16))
+    start, end = layout("documents", B, T, T)
+    q, k, v = (x.detach() for x in inputs(B, H, HK, T, T, D, torch.bfloat16))
     grad_out = torch.randn(B, H, T, D, device="cuda", dtype=torch.bfloat16)
     first = run("triton", q, k, v, start, end, grad_out)
     for _ in range(3):
@@ -308,11 +311,11 @@ def test_gpu_backward_is_deterministic():
         assert all(torch.equal(a, b) for a, b in zip(first, again))
 
 
-@cuda
+@pytest.mark.gpu
 def test_gpu_causal_matches_sdpa_flash():
     B, H, T, D = 2, 8, 4096, 128
-    q, k, v = (x.detach().cuda() for x in inputs(B, H, H, T, T, D, torch.bfloat16))
-    start, end = (x.cuda() for x in layout("causal", B, T, T))
+    q, k, v = (x.detach() for x in inputs(B, H, H, T, T, D, torch.bfloat16))
+    start, end = layout("causal", B, T, T)
     with use_backend("triton"):
         out = attention(q, k, v, start, end)
     flash = F.scaled_dot_product_attention(q, k, v, is_causal=True)

@@ -1,20 +1,16 @@
 """Flash-decoding: a few new queries against a long KV cache equal the reference attention."""
 
-import os
-
-os.environ["TRITON_INTERPRET"] = "1"  # must precede the first import of a Triton kernel module
-
 import pytest
 import torch
 
 from anyseq.kernels import attention, dense_mask, use_backend
 from anyseq.kernels.attention import attention_reference
-from anyseq.kernels.testing import OUTPUT_FACTOR, assert_within_rule, oracle_attention
+from anyseq.kernels.testing import OUTPUT_FACTOR, assert_within_rule, kernel_device, oracle_attention
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+DEVICE = kernel_device()
 
 
-def cache(B, H, HK, T, S, D, dtype, device="cpu", seed=0):
+def cache(B, H, HK, T, S, D, dtype, device=DEVICE, seed=0):
     """T new queries at slots S - T .. S - 1 of a cache whose rows are left-padded."""
     g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(shape, generator=g).to(device, dtype) for shape in
@@ -79,7 +75,7 @@ def test_empty_intervals_give_zeros():
     assert out[0].abs().max() == 0 and torch.isfinite(out).all()
 
 
-@cuda
+@pytest.mark.gpu
 def test_gpu_bf16_long_cache_matches_oracle():
     q, k, v, start, end = cache(4, 32, 8, 1, 32768, 128, torch.bfloat16, "cuda")
     want = oracle_attention(q, k, v, dense_mask(start, end, k.shape[2]), 128**-0.5)

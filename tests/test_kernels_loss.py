@@ -1,20 +1,16 @@
 """Fused linear cross-entropy: loss, log-sum-exp and their gradients equal the materialised loss."""
 
-import os
-
-os.environ["TRITON_INTERPRET"] = "1"  # must precede the first import of a Triton kernel module
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from anyseq.kernels import linear_cross_entropy, use_backend
-from anyseq.kernels.testing import GRAD_FACTOR, OUTPUT_FACTOR, assert_within_rule
+from anyseq.kernels.testing import GRAD_FACTOR, OUTPUT_FACTOR, assert_within_rule, kernel_device
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+DEVICE = kernel_device()
 
 
-def problem(N, C, V, dtype, device="cpu", ignored=(), seed=0):
+def problem(N, C, V, dtype, device=DEVICE, ignored=(), seed=0):
     g = torch.Generator().manual_seed(seed)
     hidden = torch.randn(N, C, generator=g).to(device, dtype)
     weight = (torch.randn(V, C, generator=g) / C**0.5).to(device, dtype)
@@ -72,7 +68,7 @@ def test_ignored_tokens_have_zero_loss_and_no_loss_gradient():
 def test_weighted_loss_with_z_loss_equals_the_materialised_formula(backend):
     """The training module's composition: per-token weights and z-loss on the returned lse."""
     hidden, weight, targets, _ = problem(20, 16, 70, torch.float32, ignored=(0, 7))
-    w = torch.rand(20) * (targets != -100)
+    w = torch.rand(20, device=DEVICE) * (targets != -100)
     z = 1e-2
 
     def total(loss, lse):
@@ -102,7 +98,7 @@ def test_chunk_size_does_not_change_the_result():
 def test_bad_inputs_are_clear_errors():
     hidden, weight, targets, _ = problem(4, 8, 10, torch.float32)
     with pytest.raises(ValueError, match="outside the vocabulary"):
-        linear_cross_entropy(hidden, weight, torch.tensor([0, 1, 10, 2]))
+        linear_cross_entropy(hidden, weight, torch.tensor([0, 1, 10, 2], device=DEVICE))
     with pytest.raises(ValueError, match="same C"):
         linear_cross_entropy(hidden, weight[:, :4], targets)
     with pytest.raises(ValueError, match="targets"):
@@ -117,7 +113,7 @@ def test_custom_op_passes_opcheck():
 
 
 # -- GPU only ----------------------------------------------------------------------------------------
-@cuda
+@pytest.mark.gpu
 @pytest.mark.parametrize("vocab", [65536, 184622])
 def test_gpu_bf16_matches_oracle(vocab):
     hidden, weight, targets, upstream = problem(1024, 1024, vocab, torch.bfloat16, "cuda", ignored=(1, 2, 3))
@@ -138,7 +134,7 @@ def _peak_bytes(fn, hidden, weight, targets, upstream):
     return torch.cuda.max_memory_allocated() - base
 
 
-@cuda
+@pytest.mark.gpu
 def test_gpu_fused_loss_peak_memory_is_a_quarter_of_materialised_logits():
     hidden, weight, targets, upstream = problem(8192, 4096, 65536, torch.bfloat16, "cuda")
     fused = _peak_bytes(linear_cross_entropy, hidden, weight, targets, upstream)

@@ -1,19 +1,15 @@
 """RMSNorm (optionally fused with the residual add): the Triton kernel equals the reference."""
 
-import os
-
-os.environ["TRITON_INTERPRET"] = "1"  # must precede the first import of a Triton kernel module
-
 import pytest
 import torch
 
 from anyseq.kernels import rms_norm, use_backend
-from anyseq.kernels.testing import GRAD_FACTOR, OUTPUT_FACTOR, assert_within_rule
+from anyseq.kernels.testing import GRAD_FACTOR, OUTPUT_FACTOR, assert_within_rule, kernel_device
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+DEVICE = kernel_device()
 
 
-def tensors(shape, dtype, residual, device="cpu", seed=0):
+def tensors(shape, dtype, residual, device=DEVICE, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=g).to(device, dtype)
     w = (1 + 0.1 * torch.randn(shape[-1], generator=g)).to(device, dtype)
@@ -67,7 +63,7 @@ def test_custom_op_passes_opcheck():
     torch.library.opcheck(torch.ops.anyseq.rms_norm, (x, w, None, 1e-5))
 
 
-@cuda
+@pytest.mark.gpu
 @pytest.mark.parametrize("residual", [False, True])
 def test_gpu_bf16_matches_oracle(residual):
     x, w, r, grads = tensors((8192, 4096), torch.bfloat16, residual, "cuda")

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The kernels' GPU checks in one run, most important first, each under its own time limit:
+#   1. the GPU-only tests (bf16 at realistic sizes, backward determinism, fused-loss peak memory);
+#   2. the benchmark table (kernels.json / kernels.md, written after each section);
+#   3. the whole CPU kernel matrix again, compiled on the GPU (odd lengths, GQA, fp32/fp16).
+# Meant for a machine with torch, triton and pytest installed and no package registry: anyseq
+# is laid out as pyproject.toml installs it (kernels/ as anyseq.kernels) in a temporary folder
+# on PYTHONPATH, without its dependencies (the kernel tests need none of them).
+#   bash scripts/gpu_check.sh OUT [benchmark options, e.g. --quick]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${1:?usage: bash scripts/gpu_check.sh OUT [benchmark options]}
+shift
+mkdir -p "$out"
+PY=${PYTHON:-python3}
+export PYTHONUNBUFFERED=1
+unset TRITON_INTERPRET
+site=$(mktemp -d)
+cp -r anyseq "$site/anyseq" && cp -r kernels "$site/anyseq/kernels" && cp -r tokenizers "$site/anyseq/tokenizers" || exit 1
+export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
+kernel_tests=(tests/test_kernels_attention.py tests/test_kernels_decode.py tests/test_kernels_loss.py
+              tests/test_kernels_norm.py tests/test_kernels_model_parity.py tests/test_kernels_compile.py)
+timeout "${GPU_TESTS_S:-240}" "$PY" -m pytest -q -rs -m gpu "${kernel_tests[@]}" 2>&1 | tee "$out/gpu_tests.txt"
+timeout "${BENCH_S:-420}" "$PY" -m anyseq.kernels.benchmark --out "$out" "$@" 2>&1 | tee "$out/benchmark.log"
+timeout "${MATRIX_S:-300}" "$PY" -m pytest -q -rs -m "not gpu" "${kernel_tests[@]}" 2>&1 | tee "$out/kernel_matrix.txt"
