@@ -5,8 +5,8 @@
     python -m anyseq.kernels.benchmark --out bench/ --only attention,decode
 
 Writes ``kernels.json`` (every measurement plus the environment) and ``kernels.md`` (tables
-and the targets check) after each section, so a run cut short keeps the sections it finished;
-a later run on the same GPU and versions replaces only the sections it measures (``--only``)
+and the targets check) after each measurement, so a run cut short keeps what it measured; a
+later run on the same GPU and versions replaces only the sections it measures (``--only``)
 and keeps the others. Conventions:
 - attention FLOPs count only unmasked (query, key) pairs: forward 4*D per pair (QK^T and PV),
   forward+backward 14*D per pair (2.5x the forward for the five backward matmuls);
@@ -23,7 +23,7 @@ import json
 import math
 import platform
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -77,13 +77,12 @@ def packed_documents(batch: int, seq: int, seed: int = 0) -> torch.Tensor:
 
 
 # -- attention ----------------------------------------------------------------------------------------
-def bench_attention(seqs: list[int], head_dims: list[int], tokens: int, width: int) -> list[dict]:
+def bench_attention(seqs: list[int], head_dims: list[int], tokens: int, width: int) -> Iterator[dict]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     # FlexAttention compiles once per shape; past dynamo's recompile limit (8 by default) it
     # would silently run eagerly, and the sweep has more shapes than that.
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * len(seqs) * len(head_dims))
-    rows = []
     for D in head_dims:
         H = width // D
         for seq in seqs:
@@ -123,20 +122,17 @@ def bench_attention(seqs: list[int], head_dims: list[int], tokens: int, width: i
                                    fwd_bwd_tflops=14 * D * pairs / both / 1e9)
                     except Exception as e:  # a baseline that cannot run this shape is reported, not fatal
                         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
+                    yield row
                 del q, k, v, grad, mask, block_mask
                 torch.cuda.empty_cache()
-    return rows
 
 
 # -- fused loss -------------------------------------------------------------------------------------
-def bench_loss(vocabs: list[int], tokens: int, width: int) -> list[dict]:
+def bench_loss(vocabs: list[int], tokens: int, width: int) -> Iterator[dict]:
     def materialised(h, w, t):
         return F.cross_entropy((h @ w.T).float(), t)
 
     compiled = torch.compile(materialised)
-    rows = []
     for V in vocabs:
         h = torch.randn(tokens, width, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         w = (torch.randn(V, width, device="cuda", dtype=torch.bfloat16) * 0.02).requires_grad_()
@@ -151,19 +147,16 @@ def bench_loss(vocabs: list[int], tokens: int, width: int) -> list[dict]:
                 row["fwd_bwd_ms"] = time_ms(lambda: fn().backward(), [h, w])
             except torch.OutOfMemoryError as e:
                 row["error"] = f"OutOfMemoryError: {str(e).splitlines()[0][:160]}"
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            yield row
             torch.cuda.empty_cache()
         del h, w, t
-    return rows
 
 
 # -- memory-bound kernels --------------------------------------------------------------------------
-def bench_rms_norm(rows_: int, width: int, hbm: float) -> list[dict]:
+def bench_rms_norm(rows_: int, width: int, hbm: float) -> Iterator[dict]:
     from anyseq.kernels.rms_norm import rms_norm_reference
 
     compiled = torch.compile(rms_norm_reference)
-    out = []
     for fused in (False, True):
         x, r = (torch.randn(rows_, width, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
         w = torch.ones(width, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -191,14 +184,11 @@ def bench_rms_norm(rows_: int, width: int, hbm: float) -> list[dict]:
                    "fwd_bwd_ms": both, "fwd_gbps": fwd_bytes / fwd / 1e6,
                    "fwd_bwd_gbps": (fwd_bytes + bwd_bytes) / both / 1e6}
             row["fwd_hbm_fraction"] = row["fwd_gbps"] / (hbm * 1e3)
-            out.append(row)
-            print(json.dumps(row), flush=True)
-    return out
+            yield row
 
 
-def bench_decode(lengths: list[int], hbm: float) -> list[dict]:
+def bench_decode(lengths: list[int], hbm: float) -> Iterator[dict]:
     B, H, HK, D = 8, 32, 8, 128
-    out = []
     for S in lengths:
         q = torch.randn(B, H, 1, D, device="cuda", dtype=torch.bfloat16)
         k, v = (torch.randn(B, HK, S, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
@@ -218,9 +208,7 @@ def bench_decode(lengths: list[int], hbm: float) -> list[dict]:
             row = {"batch": B, "heads": H, "kv_heads": HK, "head_dim": D, "cache_len": S, "impl": name, "ms": ms,
                    "gbps": moved / ms / 1e6}
             row["hbm_fraction"] = row["gbps"] / (hbm * 1e3)
-            out.append(row)
-            print(json.dumps(row), flush=True)
-    return out
+            yield row
 
 
 # -- report ---------------------------------------------------------------------------------------
@@ -327,7 +315,6 @@ def write(out: Path, env: dict, results: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "kernels.json").write_text(json.dumps({"environment": env, **results}, indent=1))
     (out / "kernels.md").write_text(markdown(results, env))
-    print(f"wrote {out / 'kernels.json'} and {out / 'kernels.md'}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,8 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     results = earlier_sections(args.out / "kernels.json", env)
     for name, run in runs.items():
         if name in sections:
-            results[name] = run()
-            write(args.out, env, results)
+            results[name] = []
+            for row in run():  # written row by row: a run cut short keeps what it measured
+                print(json.dumps(row), flush=True)
+                results[name].append(row)
+                write(args.out, env, results)
     return 0
 
 
