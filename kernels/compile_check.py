@@ -162,6 +162,23 @@ def compiling_for(gpu: Gpu) -> Iterator[CompileOnlyDriver]:
         yield fake
     finally:
         driver._active = previous
+        _forget_compiled()
+
+
+def _forget_compiled() -> None:
+    """Drop what the kernels cached under the fake driver (its no-op launchers, tied autotuning
+    choices), so a real GPU in this process compiles and tunes afresh."""
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.jit import JITFunction
+
+    for name in ("attention_triton", "decode_triton", "cross_entropy_triton", "rms_norm_triton"):
+        module = sys.modules.get(f"anyseq.kernels.{name}")
+        for obj in vars(module).values() if module else ():
+            if isinstance(obj, Autotuner):
+                obj.cache.clear()
+                obj = obj.fn
+            if isinstance(obj, JITFunction):
+                obj.device_caches.clear()
 
 
 def _attention(fake: CompileOnlyDriver, dtype: torch.dtype) -> None:

@@ -66,3 +66,19 @@ def test_attention_matmuls_use_warpgroup_tensor_cores(compiled):
         if c["kernel"] in ("attention_triton._fwd_kernel", "attention_triton._bwd_dq_kernel",
                            "attention_triton._bwd_dkdv_kernel"):
             assert c["tensor_cores"] == "wgmma", c
+
+
+def test_the_compile_only_driver_leaves_nothing_a_real_gpu_would_launch():
+    if not _has_nvidia_tools():
+        pytest.skip("triton's bundled ptxas/cuobjdump are missing (a non-Linux triton wheel)")
+    code = "\n".join([
+        "import torch",
+        "from anyseq.kernels import compile_check as cc, rms_norm_triton as r",
+        "with cc.compiling_for(cc.GPUS['h200']) as fake:",
+        "    cc._rms_norm(fake, torch.bfloat16)",
+        "    assert r._fwd_kernel.device_caches, 'nothing was compiled'",
+        "assert not r._fwd_kernel.device_caches and len(fake.log) == 8, fake.log",
+    ])
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd="/", timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
