@@ -3,6 +3,7 @@
     python -m anyseq.kernels.benchmark --out bench/            # everything
     python -m anyseq.kernels.benchmark --out bench/ --quick    # a short subset
     python -m anyseq.kernels.benchmark --out bench/ --only attention,decode
+    python -m anyseq.kernels.benchmark --out /tmp/smoke --smoke  # the script itself, on the CPU
 
 Writes ``kernels.json`` (every measurement plus the environment) and ``kernels.md`` (tables
 and the targets check) after each measurement, so a run cut short keeps what it measured; a
@@ -21,9 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import sys
+import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -44,20 +48,39 @@ TARGETS = {
 
 
 # -- measurement ------------------------------------------------------------------------------------
-def time_ms(fn: Callable[[], object], grads: list[torch.Tensor] | None = None) -> float:
-    from triton.testing import do_bench
+@dataclass(frozen=True)
+class Device:
+    """Where the benchmark runs: a CUDA GPU in bf16, or (``--smoke``) the CPU in fp32 at toy
+    sizes with the Triton interpreter, which runs the script end to end and measures nothing
+    worth reading (the interpreter has no bf16)."""
 
-    return float(do_bench(fn, warmup=25, rep=100, grad_to_none=grads))
+    name: str = "cuda"
+    dtype: torch.dtype = torch.bfloat16
 
+    def randn(self, *shape: int, grad: bool = False) -> torch.Tensor:
+        return torch.randn(*shape, device=self.name, dtype=self.dtype, requires_grad=grad)
 
-def peak_bytes(fn: Callable[[], object]) -> int:
-    fn()  # compile / autotune outside the measurement
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - base
+    def time_ms(self, fn: Callable[[], object], grads: list[torch.Tensor] | None = None) -> float:
+        if self.name != "cuda":
+            fn()  # compile outside the measurement
+            start = time.perf_counter()
+            fn()
+            return (time.perf_counter() - start) * 1e3
+        from triton.testing import do_bench
+
+        return float(do_bench(fn, warmup=25, rep=100, grad_to_none=grads))
+
+    def peak_bytes(self, fn: Callable[[], object]) -> int | None:
+        """Peak allocation of one call beyond what existed before it (None off CUDA)."""
+        if self.name != "cuda":
+            return None
+        fn()  # compile / autotune outside the measurement
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
 
 
 def packed_documents(batch: int, seq: int, seed: int = 0) -> torch.Tensor:
@@ -77,7 +100,7 @@ def packed_documents(batch: int, seq: int, seed: int = 0) -> torch.Tensor:
 
 
 # -- attention ----------------------------------------------------------------------------------------
-def bench_attention(seqs: list[int], head_dims: list[int], tokens: int, width: int) -> Iterator[dict]:
+def bench_attention(seqs: list[int], head_dims: list[int], tokens: int, width: int, at: Device) -> Iterator[dict]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     # FlexAttention compiles once per shape; past dynamo's recompile limit (8 by default) it
@@ -89,10 +112,9 @@ def bench_attention(seqs: list[int], head_dims: list[int], tokens: int, width: i
             B = max(1, tokens // seq)
             for kind in ("causal", "documents"):
                 doc = torch.zeros(B, seq, dtype=torch.long) if kind == "causal" else packed_documents(B, seq)
-                start, end = (x.cuda() for x in causal_intervals(doc))
+                start, end = (x.to(at.name) for x in causal_intervals(doc))
                 pairs = int((end - start).clamp(min=0).sum()) * H
-                q, k, v = (torch.randn(B, H, seq, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-                           for _ in range(3))
+                q, k, v = (at.randn(B, H, seq, D, grad=True) for _ in range(3))
                 grad = torch.randn_like(q)
                 mask = dense_mask(start, end, seq)[:, None]
                 block_mask = interval_block_mask(start, end, seq)
@@ -114,12 +136,12 @@ def bench_attention(seqs: list[int], head_dims: list[int], tokens: int, width: i
                 for name, fn in impls.items():
                     row = {"mask": kind, "seq": seq, "batch": B, "heads": H, "head_dim": D, "impl": name,
                            "unmasked_pairs": pairs}
-                    try:
+                    try:  # the forward is kept where only the backward fails
                         with torch.no_grad():
-                            fwd = time_ms(fn)
-                        both = time_ms(lambda: fn().backward(grad), [q, k, v])
-                        row.update(fwd_ms=fwd, fwd_bwd_ms=both, fwd_tflops=4 * D * pairs / fwd / 1e9,
-                                   fwd_bwd_tflops=14 * D * pairs / both / 1e9)
+                            fwd = at.time_ms(fn)
+                        row.update(fwd_ms=fwd, fwd_tflops=4 * D * pairs / fwd / 1e9)
+                        both = at.time_ms(lambda: fn().backward(grad), [q, k, v])
+                        row.update(fwd_bwd_ms=both, fwd_bwd_tflops=14 * D * pairs / both / 1e9)
                     except Exception as e:  # a baseline that cannot run this shape is reported, not fatal
                         row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
                     yield row
@@ -128,23 +150,25 @@ def bench_attention(seqs: list[int], head_dims: list[int], tokens: int, width: i
 
 
 # -- fused loss -------------------------------------------------------------------------------------
-def bench_loss(vocabs: list[int], tokens: int, width: int) -> Iterator[dict]:
+def bench_loss(vocabs: list[int], tokens: int, width: int, at: Device) -> Iterator[dict]:
     def materialised(h, w, t):
         return F.cross_entropy((h @ w.T).float(), t)
 
     compiled = torch.compile(materialised)
     for V in vocabs:
-        h = torch.randn(tokens, width, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-        w = (torch.randn(V, width, device="cuda", dtype=torch.bfloat16) * 0.02).requires_grad_()
-        t = torch.randint(0, V, (tokens,), device="cuda")
+        h = at.randn(tokens, width, grad=True)
+        w = (at.randn(V, width) * 0.02).requires_grad_()
+        t = torch.randint(0, V, (tokens,), device=at.name)
         impls = {"anyseq-fused": lambda: linear_cross_entropy(h, w, t)[0].mean(),
                  "materialised logits": lambda: materialised(h, w, t),
                  "materialised, torch.compile": lambda: compiled(h, w, t)}
         for name, fn in impls.items():
             row = {"vocab": V, "tokens": tokens, "hidden": width, "impl": name}
             try:
-                row["peak_bytes"] = peak_bytes(lambda: fn().backward())
-                row["fwd_bwd_ms"] = time_ms(lambda: fn().backward(), [h, w])
+                peak = at.peak_bytes(lambda: fn().backward())
+                if peak is not None:
+                    row["peak_bytes"] = peak
+                row["fwd_bwd_ms"] = at.time_ms(lambda: fn().backward(), [h, w])
             except torch.OutOfMemoryError as e:
                 row["error"] = f"OutOfMemoryError: {str(e).splitlines()[0][:160]}"
             yield row
@@ -153,13 +177,13 @@ def bench_loss(vocabs: list[int], tokens: int, width: int) -> Iterator[dict]:
 
 
 # -- memory-bound kernels --------------------------------------------------------------------------
-def bench_rms_norm(rows_: int, width: int, hbm: float) -> Iterator[dict]:
+def bench_rms_norm(rows_: int, width: int, hbm: float, at: Device) -> Iterator[dict]:
     from anyseq.kernels.rms_norm import rms_norm_reference
 
     compiled = torch.compile(rms_norm_reference)
     for fused in (False, True):
-        x, r = (torch.randn(rows_, width, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
-        w = torch.ones(width, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        x, r = (at.randn(rows_, width, grad=True) for _ in range(2))
+        w = torch.ones(width, device=at.name, dtype=at.dtype, requires_grad=True)
         res = r if fused else None
         size = x.numel() * x.element_size()
         fwd_bytes = size * (4 if fused else 2)  # read x (and r), write y (and h)
@@ -178,8 +202,8 @@ def bench_rms_norm(rows_: int, width: int, hbm: float) -> Iterator[dict]:
                 torch.autograd.backward(y if isinstance(y, tuple) else (y,), grads)
 
             with torch.no_grad():
-                fwd = time_ms(fn)
-            both = time_ms(backward, [x, r, w])
+                fwd = at.time_ms(fn)
+            both = at.time_ms(backward, [x, r, w])
             row = {"rows": rows_, "hidden": width, "fused_residual": fused, "impl": name, "fwd_ms": fwd,
                    "fwd_bwd_ms": both, "fwd_gbps": fwd_bytes / fwd / 1e6,
                    "fwd_bwd_gbps": (fwd_bytes + bwd_bytes) / both / 1e6}
@@ -187,13 +211,14 @@ def bench_rms_norm(rows_: int, width: int, hbm: float) -> Iterator[dict]:
             yield row
 
 
-def bench_decode(lengths: list[int], hbm: float) -> Iterator[dict]:
-    B, H, HK, D = 8, 32, 8, 128
+def bench_decode(lengths: list[int], hbm: float, at: Device, shape: tuple[int, int, int, int] = (8, 32, 8, 128)
+                 ) -> Iterator[dict]:
+    B, H, HK, D = shape  # batch, query heads, KV heads, head dim
     for S in lengths:
-        q = torch.randn(B, H, 1, D, device="cuda", dtype=torch.bfloat16)
-        k, v = (torch.randn(B, HK, S, D, device="cuda", dtype=torch.bfloat16) for _ in range(2))
-        start = torch.zeros(B, 1, device="cuda", dtype=torch.int32)
-        end = torch.full((B, 1), S, device="cuda", dtype=torch.int32)
+        q = at.randn(B, H, 1, D)
+        k, v = (at.randn(B, HK, S, D) for _ in range(2))
+        start = torch.zeros(B, 1, device=at.name, dtype=torch.int32)
+        end = torch.full((B, 1), S, device=at.name, dtype=torch.int32)
         moved = 2 * k.numel() * k.element_size() + 2 * q.numel() * q.element_size()
 
         def ours():
@@ -204,7 +229,7 @@ def bench_decode(lengths: list[int], hbm: float) -> Iterator[dict]:
                  "sdpa (enable_gqa)": lambda: F.scaled_dot_product_attention(q, k, v, enable_gqa=True)}
         for name, fn in impls.items():
             with torch.no_grad():
-                ms = time_ms(fn)
+                ms = at.time_ms(fn)
             row = {"batch": B, "heads": H, "kv_heads": HK, "head_dim": D, "cache_len": S, "impl": name, "ms": ms,
                    "gbps": moved / ms / 1e6}
             row["hbm_fraction"] = row["gbps"] / (hbm * 1e3)
@@ -267,7 +292,7 @@ def targets_check(results: dict) -> list[dict]:
 
 def markdown(results: dict, env: dict) -> str:
     parts = [f"# anyseq kernel benchmarks\n\n{env['gpu']}, torch {env['torch']}, triton {env['triton']}, "
-             f"bf16. HBM reference {env['hbm_tbps']} TB/s.",
+             f"{env.get('dtype', 'bfloat16')}. HBM reference {env['hbm_tbps']} TB/s.",
              "Attention FLOPs count unmasked pairs only (fwd 4·D, fwd+bwd 14·D per pair). Documents are packed "
              "with log-normal lengths around seq/6 (min 32). Peak memory excludes inputs and weights."]
     if results.get("attention"):
@@ -323,26 +348,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a short subset: seq 1k/4k/16k, head dim 128")
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     parser.add_argument("--hbm-tbps", type=float, default=4.8, help="HBM bandwidth to compare with (H200: 4.8)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="toy sizes on the CPU in fp32, Triton interpreted: checks the script, measures nothing")
     args = parser.parse_args(argv)
+    if args.smoke:
+        os.environ["TRITON_INTERPRET"] = "1"  # before the first Triton kernel is imported (they load lazily)
+        return _run(args, Device("cpu", torch.float32), "cpu (smoke run)", dict(
+            attention=([48], [32], 48, 64), loss=([300], 64, 32), rms_norm=(16, 64), decode=([40], (1, 4, 2, 32))))
     if not torch.cuda.is_available():
         print("anyseq.kernels.benchmark needs a CUDA GPU, and torch.cuda.is_available() is False here; "
               "nothing was measured.", file=sys.stderr)
         return 2
+    seqs = [1024, 4096, 16384] if args.quick else [1024, 2048, 4096, 8192, 16384]
+    return _run(args, Device(), torch.cuda.get_device_name(), dict(
+        attention=(seqs, [128] if args.quick else [64, 128], 16384, 2048),  # seqs, head dims, tokens, width
+        loss=([65536, 184622], 8192, 4096),  # vocabularies, tokens, width
+        rms_norm=(16384, 4096),  # rows, width
+        decode=([4096, 16384] if args.quick else [4096, 16384, 65536], (8, 32, 8, 128)),  # cache lengths, shape
+    ))
+
+
+def _run(args: argparse.Namespace, at: Device, gpu: str, sizes: dict) -> int:
     import triton
 
     sections = set(args.only.split(","))
     unknown = sections - set(SECTIONS)
     if unknown:
-        parser.error(f"--only: unknown sections {sorted(unknown)}")
-    env = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+        raise SystemExit(f"--only: unknown sections {sorted(unknown)}; expected some of {list(SECTIONS)}")
+    env = {"gpu": gpu, "torch": torch.__version__, "triton": triton.__version__, "dtype": str(at.dtype)[6:],
            "python": platform.python_version(), "hbm_tbps": args.hbm_tbps, "quick": args.quick}
-    seqs = [1024, 4096, 16384] if args.quick else [1024, 2048, 4096, 8192, 16384]
-    head_dims = [128] if args.quick else [64, 128]
     runs = {
-        "attention": lambda: bench_attention(seqs, head_dims, tokens=16384, width=2048),
-        "loss": lambda: bench_loss([65536, 184622], tokens=8192, width=4096),
-        "rms_norm": lambda: bench_rms_norm(16384, 4096, args.hbm_tbps),
-        "decode": lambda: bench_decode([4096, 16384] if args.quick else [4096, 16384, 65536], args.hbm_tbps),
+        "attention": lambda: bench_attention(*sizes["attention"], at),
+        "loss": lambda: bench_loss(*sizes["loss"], at),
+        "rms_norm": lambda: bench_rms_norm(*sizes["rms_norm"], args.hbm_tbps, at),
+        "decode": lambda: bench_decode(sizes["decode"][0], args.hbm_tbps, at, sizes["decode"][1]),
     }
     results = earlier_sections(args.out / "kernels.json", env)
     for name, run in runs.items():

@@ -1,12 +1,13 @@
 """The kernel benchmark script: a clear exit without a GPU, and its targets check reads ratios right."""
 
+import json
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from anyseq.kernels.benchmark import earlier_sections, markdown, packed_documents, targets_check, write
+from anyseq.kernels.benchmark import SECTIONS, earlier_sections, main, markdown, packed_documents, targets_check, write
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when no GPU is present")
@@ -61,3 +62,15 @@ def test_targets_check_compares_ours_with_each_baseline_per_configuration():
     report = markdown({"attention": attention, "loss": loss, "decode": decode, "targets": list(checks.values())},
                       {"gpu": "test", "torch": "2", "triton": "3", "hbm_tbps": 4.8})
     assert "OutOfMemoryError" in report and "| causal forward vs SDPA-flash | 1.05 |" in report
+
+
+def test_a_smoke_run_on_the_cpu_runs_every_section_and_baseline_end_to_end(tmp_path):
+    assert main(["--out", str(tmp_path), "--smoke"]) == 0
+    results = json.loads((tmp_path / "kernels.json").read_text())
+    for section in SECTIONS:
+        failed = [r for r in results[section] if "error" in r and "does not support backward on CPU" not in r["error"]]
+        assert results[section] and not failed, failed  # FlexAttention's backward is GPU-only, reported as a row
+    impls = {r["impl"] for r in results["attention"]}
+    assert impls == {"anyseq-triton", "flex (block mask)", "sdpa (dense mask)", "sdpa-flash (is_causal)"}
+    assert {r["impl"] for r in results["loss"]} == {"anyseq-fused", "materialised logits", "materialised, torch.compile"}
+    assert "## Targets" in (tmp_path / "kernels.md").read_text()
