@@ -20,7 +20,7 @@ def pytest_collection_modifyitems(config, items):
         return
     reason = "needs a CUDA device" if not torch.cuda.is_available() else "Triton is interpreted (TRITON_INTERPRET=1)"
     for item in items:
-        if "gpu" in item.keywords:
+        if item.get_closest_marker("gpu"):
             item.add_marker(pytest.mark.skip(reason=reason))
 
 
