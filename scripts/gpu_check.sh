@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # The kernels' GPU checks in one run, most important first, each under its own time limit:
 #   1. the GPU-only tests (bf16 at realistic sizes, backward determinism, fused-loss peak memory);
-#   2. the benchmark table (kernels.json / kernels.md, written after each section);
+#   2. the benchmark table (kernels.json / kernels.md, written after each measurement);
 #   3. the whole CPU kernel matrix again, compiled on the GPU (odd lengths, GQA, fp32/fp16).
 # Meant for a machine with torch, triton and pytest installed and no package registry: anyseq
 # is laid out as pyproject.toml installs it (kernels/ as anyseq.kernels) in a temporary folder
 # on PYTHONPATH, without its dependencies (the kernel tests need none of them).
-#   bash scripts/gpu_check.sh OUT [benchmark options, e.g. --quick]
+# The default limits (150 + 330 + 90 s) fit one 10-minute command of the device tool; the
+# benchmark writes each row as it is measured, so a later run with `--only SECTIONS` fills in
+# what a cut-off run left.
+#   bash scripts/gpu_check.sh OUT --quick      # OUT/{gpu.txt,gpu_tests.txt,kernels.json,kernels.md,...}
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: bash scripts/gpu_check.sh OUT [benchmark options]}
@@ -21,6 +24,6 @@ export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$out/gpu.txt"
 kernel_tests=(tests/test_kernels_attention.py tests/test_kernels_decode.py tests/test_kernels_loss.py
               tests/test_kernels_norm.py tests/test_kernels_model_parity.py tests/test_kernels_compile.py)
-timeout "${GPU_TESTS_S:-240}" "$PY" -m pytest -q -rs -m gpu "${kernel_tests[@]}" 2>&1 | tee "$out/gpu_tests.txt"
-timeout "${BENCH_S:-420}" "$PY" -m anyseq.kernels.benchmark --out "$out" "$@" 2>&1 | tee "$out/benchmark.log"
-timeout "${MATRIX_S:-300}" "$PY" -m pytest -q -rs -m "not gpu" "${kernel_tests[@]}" 2>&1 | tee "$out/kernel_matrix.txt"
+timeout "${GPU_TESTS_S:-150}" "$PY" -P -m pytest -q -rs -m gpu "${kernel_tests[@]}" 2>&1 | tee "$out/gpu_tests.txt"
+timeout "${BENCH_S:-330}" "$PY" -P -m anyseq.kernels.benchmark --out "$out" "$@" 2>&1 | tee "$out/benchmark.log"
+timeout "${MATRIX_S:-90}" "$PY" -P -m pytest -q -rs -m "not gpu" "${kernel_tests[@]}" 2>&1 | tee "$out/kernel_matrix.txt"
