@@ -211,8 +211,7 @@ def bench_rms_norm(rows_: int, width: int, hbm: float, at: Device) -> Iterator[d
             yield row
 
 
-def bench_decode(lengths: list[int], hbm: float, at: Device, shape: tuple[int, int, int, int] = (8, 32, 8, 128)
-                 ) -> Iterator[dict]:
+def bench_decode(lengths: list[int], hbm: float, at: Device, shape: tuple[int, int, int, int]) -> Iterator[dict]:
     B, H, HK, D = shape  # batch, query heads, KV heads, head dim
     for S in lengths:
         q = at.randn(B, H, 1, D)

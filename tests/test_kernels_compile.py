@@ -28,14 +28,20 @@ def _has_nvidia_tools() -> bool:
         return False
 
 
+pytestmark = pytest.mark.skipif(not _has_nvidia_tools(),
+                                reason="triton's bundled ptxas/cuobjdump are missing (a non-Linux triton wheel)")
+
+
+def _compiling(args: list[str]) -> subprocess.CompletedProcess:
+    """Python in a process where Triton compiles (the suite's interpreter switch removed)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, cwd="/", timeout=600)
+
+
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory) -> list[dict]:
-    if not _has_nvidia_tools():
-        pytest.skip("triton's bundled ptxas/cuobjdump are missing (a non-Linux triton wheel)")
     out = tmp_path_factory.mktemp("compile")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-m", "anyseq.kernels.compile_check", "--gpu", "h200", "--out", str(out)],
-                         capture_output=True, text=True, env=env, cwd="/", timeout=600)
+    run = _compiling(["-m", "anyseq.kernels.compile_check", "--gpu", "h200", "--out", str(out)])
     assert run.returncode == 0, run.stderr[-3000:]
     assert (out / "compile_h200.md").read_text().count("| yes |") > 0
     return json.loads((out / "compile_h200.json").read_text())["kernels"]
@@ -69,8 +75,6 @@ def test_attention_matmuls_use_warpgroup_tensor_cores(compiled):
 
 
 def test_the_compile_only_driver_leaves_nothing_a_real_gpu_would_launch():
-    if not _has_nvidia_tools():
-        pytest.skip("triton's bundled ptxas/cuobjdump are missing (a non-Linux triton wheel)")
     code = "\n".join([
         "import torch",
         "from anyseq.kernels import compile_check as cc, rms_norm_triton as r",
@@ -79,6 +83,5 @@ def test_the_compile_only_driver_leaves_nothing_a_real_gpu_would_launch():
         "    assert r._fwd_kernel.device_caches, 'nothing was compiled'",
         "assert not r._fwd_kernel.device_caches and len(fake.log) == 8, fake.log",
     ])
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd="/", timeout=300)
+    run = _compiling(["-c", code])
     assert run.returncode == 0, run.stderr[-3000:]
