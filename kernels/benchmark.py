@@ -374,7 +374,7 @@ def _run(args: argparse.Namespace, at: Device, gpu: str, sizes: dict) -> int:
     unknown = sections - set(SECTIONS)
     if unknown:
         raise SystemExit(f"--only: unknown sections {sorted(unknown)}; expected some of {list(SECTIONS)}")
-    env = {"gpu": gpu, "torch": torch.__version__, "triton": triton.__version__, "dtype": str(at.dtype)[6:],
+    env = {"gpu": gpu, "torch": torch.__version__, "triton": triton.__version__, "dtype": str(at.dtype).removeprefix("torch."),
            "python": platform.python_version(), "hbm_tbps": args.hbm_tbps, "quick": args.quick}
     runs = {
         "attention": lambda: bench_attention(*sizes["attention"], at),

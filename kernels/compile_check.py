@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+import triton
 from triton import knobs
 from triton.backends.compiler import GPUTarget
 from triton.backends.driver import DriverBase
@@ -171,9 +172,9 @@ def _forget_compiled() -> None:
     from triton.runtime.autotuner import Autotuner
     from triton.runtime.jit import JITFunction
 
-    for name in ("attention_triton", "decode_triton", "cross_entropy_triton", "rms_norm_triton"):
-        module = sys.modules.get(f"anyseq.kernels.{name}")
-        for obj in vars(module).values() if module else ():
+    kernel_modules = [m for name, m in list(sys.modules.items()) if name.startswith("anyseq.kernels.")]
+    for module in kernel_modules:
+        for obj in vars(module).values():
             if isinstance(obj, Autotuner):
                 obj.cache.clear()
                 obj = obj.fn
@@ -248,7 +249,7 @@ def unique(log: list[Compiled]) -> list[Compiled]:
 
 def markdown(rows: list[Compiled], gpu: Gpu) -> str:
     lines = [f"Compiled for {gpu.name} (sm_{gpu.arch}, {gpu.max_shared_bytes // 1024} KiB shared memory per block) "
-             f"by `python -m anyseq.kernels.compile_check`; triton {_triton_version()}.", "",
+             f"by `python -m anyseq.kernels.compile_check`; triton {triton.__version__}.", "",
              "| kernel | dtype | constants | warps | stages | shared KiB | registers | spilled B/thread | tensor cores | loads |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for c in rows:
@@ -261,12 +262,6 @@ def markdown(rows: list[Compiled], gpu: Gpu) -> str:
 
 def _dash(x) -> str:
     return "–" if x is None else str(x)
-
-
-def _triton_version() -> str:
-    import triton
-
-    return triton.__version__
 
 
 def main(argv: list[str] | None = None) -> int:

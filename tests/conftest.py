@@ -14,9 +14,9 @@ if not torch.cuda.is_available():
 
 def pytest_collection_modifyitems(config, items):
     """``@pytest.mark.gpu`` tests need Triton compiled for a CUDA device, not interpreted."""
-    from anyseq.kernels.backend import interpreting
+    from anyseq.kernels.testing import kernel_device
 
-    if torch.cuda.is_available() and not interpreting():
+    if kernel_device().type == "cuda":
         return
     reason = "needs a CUDA device" if not torch.cuda.is_available() else "Triton is interpreted (TRITON_INTERPRET=1)"
     for item in items:

@@ -74,3 +74,25 @@ def test_a_smoke_run_on_the_cpu_runs_every_section_and_baseline_end_to_end(tmp_p
     assert impls == {"anyseq-triton", "flex (block mask)", "sdpa (dense mask)", "sdpa-flash (is_causal)"}
     assert {r["impl"] for r in results["loss"]} == {"anyseq-fused", "materialised logits", "materialised, torch.compile"}
     assert "## Targets" in (tmp_path / "kernels.md").read_text()
+
+
+class _NoBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise RuntimeError("this baseline has no backward")
+
+
+def test_a_baseline_whose_backward_fails_keeps_its_forward_figure(monkeypatch):
+    from anyseq.kernels import benchmark
+
+    sdpa = benchmark.F.scaled_dot_product_attention
+    monkeypatch.setattr(benchmark.F, "scaled_dot_product_attention", lambda *a, **k: _NoBackward.apply(sdpa(*a, **k)))
+    rows = list(benchmark.bench_attention([48], [32], 48, 64, benchmark.Device("cpu", torch.float32)))
+    dense = [r for r in rows if r["impl"] == "sdpa (dense mask)"]
+    assert len(dense) == 2
+    for r in dense:
+        assert r["fwd_tflops"] > 0 and "fwd_bwd_tflops" not in r and "no backward" in r["error"]

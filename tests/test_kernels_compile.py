@@ -85,3 +85,14 @@ def test_the_compile_only_driver_leaves_nothing_a_real_gpu_would_launch():
     ])
     run = _compiling(["-c", code])
     assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_compiling_under_the_interpreter_is_a_clear_error():
+    from anyseq.kernels.backend import interpreting
+    from anyseq.kernels.compile_check import GPUS, compiling_for
+
+    if not interpreting():
+        pytest.skip("this process compiles kernels; the error is about the interpreter")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+        with compiling_for(GPUS["h200"]):
+            pass
