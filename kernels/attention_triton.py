@@ -43,6 +43,13 @@ def _key_tiles(start, end, live, S, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _query_tile():
+    """This program's query tile, last tile first: under a causal mask the last tiles see the
+    most keys, and launching them first leaves the short ones to fill the final wave."""
+    return tl.num_programs(0) - 1 - tl.program_id(0)
+
+
+@triton.jit
 def _row_lse2(LSE, offs_m, live):
     """Row log-sum-exp in base 2; +inf for rows that see nothing, so their probabilities are 0."""
     lse = tl.load(LSE + offs_m, mask=live, other=0.0)
@@ -93,7 +100,7 @@ def _fwd_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
+    pid_m, pid_bh = _query_tile(), tl.program_id(1)
     b, h = pid_bh // H, pid_bh % H
     hk = h // GROUP
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -181,7 +188,7 @@ def _bwd_dq_kernel(
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    pid_m, pid_bh = tl.program_id(0), tl.program_id(1)
+    pid_m, pid_bh = _query_tile(), tl.program_id(1)
     b, h = pid_bh // H, pid_bh % H
     hk = h // GROUP
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
