@@ -70,24 +70,69 @@ class Bundle:
         return tok
 
 
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """An AnySeqModule checkpoint as a dict (tensors memory-mapped), or a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found (anyseq fit writes them under its log dir)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)  # our own Lightning checkpoint
+    if "anyseq" not in ckpt:
+        raise ValueError(f"{path}: not an anyseq checkpoint (no 'anyseq' section); was it written by AnySeqModule?")
+    return ckpt
+
+
+def model_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    return {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+
+
 def load_bundle(
     path: str | Path,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     tokenizer_paths: dict[str, str] | None = None,
 ) -> Bundle:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found (anyseq fit writes them under its log dir)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)  # our own Lightning checkpoint
-    meta = ckpt.get("anyseq")
-    if meta is None:
-        raise ValueError(f"{path}: not an anyseq checkpoint (no 'anyseq' section); was it written by AnySeqModule?")
+    ckpt = read_checkpoint(path)
+    meta = ckpt["anyseq"]
     config = ModelConfig(**meta["model_config"])
     space = TokenSpace.from_dict(meta["token_space"])
     model = Transformer(config)
-    state = {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
-    model.load_state_dict(state)
+    model.load_state_dict(model_state(ckpt))
     model.to(device=device, dtype=dtype).eval()
     overrides = {k: v for k, v in (tokenizer_paths or {}).items() if v}
     return Bundle(model, space, dict(meta.get("tokenizers") or {}), overrides)
+
+
+VOCAB_PARAMETERS = ("tok_embeddings.weight", "output.weight")  # one row per token id
+
+
+@torch.no_grad()
+def init_from_checkpoint(model: Transformer, space: TokenSpace, ckpt: dict[str, Any], name: str) -> dict[str, list]:
+    """Copy a checkpoint's weights into ``model`` (built for ``space``) to fine-tune it.
+
+    Every parameter but the vocabulary rows must have the checkpoint's shape. Vocabulary rows
+    are copied range by range where the ids mean the same (``TokenSpace.shared_rows``), so a
+    model can be fine-tuned on data with a new modality or larger shape limits: rows of new
+    ranges keep their fresh initialisation. Returns ``{"carried": [...], "fresh": [...]}`` ranges.
+    """
+    state = model_state(ckpt)
+    own = model.state_dict(keep_vars=True)  # tied embeddings appear under both names
+    missing, unexpected = sorted(own.keys() - state.keys()), sorted(state.keys() - own.keys())
+    wrong = [f"{k} {tuple(state[k].shape)} in the checkpoint, {tuple(p.shape)} here"
+             for k, p in own.items() if k in state and k not in VOCAB_PARAMETERS and state[k].shape != p.shape]
+    if missing or unexpected or wrong:
+        raise ValueError(
+            f"init_from {name}: the checkpoint's architecture differs from the model's "
+            f"(missing {missing or 'none'}; unexpected {unexpected or 'none'}; shapes: {wrong or 'same'}). "
+            "The architecture comes from the checkpoint: model_overrides may change only shape-free options "
+            "such as dropout."
+        )
+    if any(p.is_meta for p in own.values()):
+        raise ValueError(f"init_from {name}: the model was built on the meta device; build it on a real one")
+    shared = space.shared_rows(TokenSpace.from_dict(ckpt["anyseq"]["token_space"]))
+    for key, p in own.items():
+        if key not in VOCAB_PARAMETERS:
+            p.copy_(state[key])
+            continue
+        for old, new, rows in shared.values():
+            p[new : new + rows].copy_(state[key][old : old + rows])
+    return {"carried": sorted(shared), "fresh": sorted(space.ranges.keys() - shared.keys())}

@@ -72,6 +72,12 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def architecture_differences(self, other: "ModelConfig") -> dict[str, tuple[Any, Any]]:
+        """Fields that give the same weights another meaning, where ``other`` differs: all but
+        the run options (vocabulary size, context length, dropout, init std)."""
+        return {f: (v, getattr(other, f)) for f, v in self.to_dict().items()
+                if f not in RUN_OPTIONS and v != getattr(other, f)}
+
     def num_params(self, embeddings: bool = True) -> int:
         """Parameter count from the hyperparameters alone (no model built)."""
         d, hd = self.dim, self.head_dim
@@ -86,6 +92,8 @@ class ModelConfig:
         n = self.num_params(embeddings=False) + (0 if self.tie_embeddings else self.vocab_size * self.dim)
         return 6 * n + 12 * self.n_layers * self.dim * seq_len
 
+
+RUN_OPTIONS = ("vocab_size", "max_seq_len", "dropout", "init_std")
 
 PRESETS: dict[str, ModelConfig] = {
     # for tests: runs anywhere in milliseconds

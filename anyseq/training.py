@@ -9,12 +9,15 @@ nothing else.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
+from anyseq.checkpoint import init_from_checkpoint, read_checkpoint
 from anyseq.config import ModelConfig
 from anyseq.kernels import linear_cross_entropy
 from anyseq.model import Transformer
@@ -33,9 +36,13 @@ class AnySeqModule(L.LightningModule):
     """Trains :class:`~anyseq.model.Transformer` on packed token shards.
 
     Args:
-        preset: named architecture (``ModelConfig.from_preset``): tiny, small, 100m, llama2-7b, ...
+        preset: named architecture (``ModelConfig.from_preset``): tiny (the default), small, 100m,
+            llama2-7b, ... With ``init_from`` it is only checked against the checkpoint's.
         model_overrides: fields of ModelConfig to change, e.g. ``{n_layers: 4, dropout: 0.1}``.
             ``vocab_size`` always comes from the data's token space.
+        init_from: an anyseq checkpoint to fine-tune: its architecture and weights start this run
+            (optimizer and schedule start afresh; to continue a run use ``--ckpt_path`` instead).
+            The data may add modalities or codebooks: their embedding rows start fresh.
         lr: peak AdamW learning rate.
         weight_decay: AdamW weight decay (matrices only; norms and biases are not decayed).
         betas: AdamW betas.
@@ -48,8 +55,9 @@ class AnySeqModule(L.LightningModule):
 
     def __init__(
         self,
-        preset: str = "tiny",
+        preset: str | None = None,
         model_overrides: dict[str, Any] | None = None,
+        init_from: str | None = None,
         lr: float = 3e-4,
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.95),
@@ -64,7 +72,7 @@ class AnySeqModule(L.LightningModule):
         unknown = set(modality_loss_weights or {}) - set(MODALITIES)
         if unknown:
             raise ValueError(f"modality_loss_weights has unknown modalities {sorted(unknown)}; use {list(MODALITIES)}")
-        ModelConfig.from_preset(preset)  # fail at construction on an unknown preset
+        ModelConfig.from_preset(preset or "tiny")  # fail at construction on an unknown preset
         self.model: Transformer | None = None
         self.space: TokenSpace | None = None
         self.tokenizers: dict[str, Any] = {}
@@ -87,10 +95,29 @@ class AnySeqModule(L.LightningModule):
             return
         if self.space is None:
             self.space, self.tokenizers = self._data_space()
+        source = self.hparams.init_from
+        ckpt = read_checkpoint(source) if source else None
+        self.model = Transformer(self._architecture(ckpt).with_vocab(self.space.size))
+        if ckpt is not None:
+            ranges = init_from_checkpoint(self.model, self.space, ckpt, source)
+            rank_zero_info(f"init_from {source}: carried the weights and the embedding rows of "
+                           f"{', '.join(ranges['carried'])}; fresh rows: {', '.join(ranges['fresh']) or 'none'}")
+
+    def _architecture(self, ckpt: dict[str, Any] | None) -> ModelConfig:
+        """The preset's, or when fine-tuning the checkpoint's (its run options too, such as dropout),
+        with ``model_overrides`` applied."""
         overrides = dict(self.hparams.model_overrides or {})
         overrides.pop("vocab_size", None)
-        config = ModelConfig.from_preset(self.hparams.preset, **overrides).with_vocab(self.space.size)
-        self.model = Transformer(config)
+        named = ModelConfig.from_preset(self.hparams.preset or "tiny", **overrides)
+        if ckpt is None:
+            return named
+        config = replace(ModelConfig(**ckpt["anyseq"]["model_config"]), **overrides)
+        differ = named.architecture_differences(config)
+        if self.hparams.preset is not None and differ:
+            raise ValueError(f"init_from {self.hparams.init_from}: preset {self.hparams.preset!r} is not the "
+                             f"checkpoint's architecture (field: (preset's, checkpoint's) {differ}); drop preset "
+                             "(--model.init_args.preset=null): the architecture comes from the checkpoint")
+        return config
 
     # -- loss -------------------------------------------------------------------------------
     def loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:

@@ -164,6 +164,30 @@ class TokenSpace:
     def is_text(self, token: int) -> bool:
         return token in self.ranges["text"]
 
+    def shared_rows(self, older: "TokenSpace") -> dict[str, tuple[int, int, int]]:
+        """Ranges whose ids mean the same in ``older`` and here, for carrying embedding rows
+        over when fine-tuning: name -> (start in older, start here, rows).
+
+        Text and codebook ranges need the same tokenizer (fingerprint and size); specials
+        always agree; shape tokens agree value by value up to the smaller maximum.
+        """
+        shared = {}
+        for name, mine in self.ranges.items():
+            theirs = older.ranges.get(name)
+            if theirs is None:
+                continue
+            tokenizer = name.split("/")[0]
+            if name.startswith("shape/"):
+                rows = min(mine.size, theirs.size)
+            elif name == "special" or (
+                mine.size == theirs.size and self.tokenizers.get(tokenizer) == older.tokenizers.get(tokenizer)
+            ):
+                rows = mine.size
+            else:
+                continue
+            shared[name] = (theirs.start, mine.start, rows)
+        return shared
+
     # -- persistence and identity -------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -88,7 +88,7 @@ def test_tiny_model_memorises_text_and_generate_reproduces_it(text_data, tmp_pat
     assert record["to"] == "text" and record["new_tokens"] > 0 and record["kv_cache"] is True
 
 
-def final_loss(root, steps, resume_from=None, ckpt_dir=None, save_at=None):
+def final_loss(root, steps, resume_from=None, ckpt_dir=None, save_at=None, **module_args):
     from anyseq.data.datamodule import ShardDataModule
     from anyseq.training import AnySeqModule
 
@@ -106,7 +106,8 @@ def final_loss(root, steps, resume_from=None, ckpt_dir=None, save_at=None):
                         enable_checkpointing=bool(save_at), callbacks=[*callbacks, Record()], limit_val_batches=0,
                         deterministic=True, enable_model_summary=False)
     # the schedule's length is fixed, so a run stopped at step 4 follows the same learning rates
-    module = AnySeqModule(preset="tiny", lr=1e-3, warmup_steps=2, max_steps=8, model_overrides={"dropout": 0.1})
+    module = AnySeqModule(**{"preset": "tiny", "lr": 1e-3, "warmup_steps": 2, "max_steps": 8,
+                             "model_overrides": {"dropout": 0.1}, **module_args})
     data = ShardDataModule(train=[str(root / "shards")], seq_len=32, batch_size=4, num_workers=0)
     trainer.fit(module, datamodule=data, ckpt_path=resume_from)
     return losses
@@ -120,6 +121,58 @@ def test_resume_is_exact(text_data, tmp_path):
     second = final_loss(root, 8, resume_from=str(ckpt))
     assert first == straight[:4]
     assert second == straight[4:]
+
+
+def test_fine_tuning_starts_from_the_checkpoint(text_data, tmp_path):
+    """init_from: the first loss is the checkpoint's, far below a fresh model's; the CLI recipe's
+    preset agrees with the checkpoint, so the plain command line works."""
+    root, _ = text_data
+    trained = final_loss(root, 40, ckpt_dir=tmp_path / "a", save_at=40, lr=3e-3, max_steps=40)
+    ckpt = str(next((tmp_path / "a").glob("*.ckpt")))
+    tuned = final_loss(root, 2, init_from=ckpt, preset=None, lr=1e-4)
+    fresh = final_loss(root, 2)
+    assert tuned[0] < 0.5 * fresh[0] and abs(tuned[0] - trained[-1]) < 0.2 * trained[-1]  # 2.58, 2.46, 6.30
+    assert anyseq(fit_args(root, 1, [f"--model.init_args.init_from={ckpt}"])) == 0
+    with pytest.raises(ValueError, match="n_layers"):
+        final_loss(root, 1, init_from=ckpt, preset="small")
+    with pytest.raises(ValueError, match="architecture differs.*layers.2"):
+        final_loss(root, 1, init_from=ckpt, preset=None, model_overrides={"n_layers": 3})
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        final_loss(root, 1, init_from=str(tmp_path / "nope.ckpt"))
+
+
+def test_fine_tuning_onto_a_larger_token_space_carries_the_rows_that_mean_the_same():
+    """Adding audio and taller images to a text+image model: every shared range's rows (moved
+    to their new ids) and every body weight come from the checkpoint, the new rows start fresh."""
+    from anyseq.checkpoint import init_from_checkpoint
+    from anyseq.config import ModelConfig
+    from anyseq.model import Transformer
+    from anyseq.vocab import TokenSpace
+
+    prints = {"text": "t1", "visual": "v1"}
+    old = TokenSpace(300, {"visual": [40]}, max_height=8, tokenizers=prints)
+    new = TokenSpace(300, {"visual": [40], "audio": [16, 16]}, max_height=12, tokenizers={**prints, "audio": "a1"})
+    config = ModelConfig.from_preset("tiny")
+    torch.manual_seed(0)
+    source = Transformer(config.with_vocab(old.size))
+    ckpt = {"anyseq": {"model_config": source.config.to_dict(), "token_space": old.to_dict()},
+            "state_dict": {f"model.{k}": v for k, v in source.state_dict().items()}}
+    target = Transformer(config.with_vocab(new.size))
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    ranges = init_from_checkpoint(target, new, ckpt, "test")
+    assert ranges == {"carried": ["shape/h", "shape/t", "shape/w", "special", "text", "visual/0"],
+                      "fresh": ["audio/0", "audio/1"]}
+    for key in ("tok_embeddings.weight", "output.weight"):
+        got, had, fresh = target.state_dict()[key], source.state_dict()[key], before[key]
+        for name in ("text", "special", "shape/w", "visual/0"):
+            a, b = old.ranges[name], new.ranges[name]
+            assert torch.equal(got[b.start : b.stop], had[a.start : a.stop]), name
+        h_old, h_new = old.ranges["shape/h"], new.ranges["shape/h"]
+        assert torch.equal(got[h_new.start : h_new.start + 8], had[h_old.start : h_old.stop])
+        assert torch.equal(got[h_new.start + 8 : h_new.stop], fresh[h_new.start + 8 : h_new.stop])
+        audio = slice(new.ranges["audio/0"].start, new.ranges["audio/1"].stop)
+        assert torch.equal(got[audio], fresh[audio])
+    assert torch.equal(target.layers[1].attention.wq.weight, source.layers[1].attention.wq.weight)
 
 
 def test_two_process_ddp_on_cpu(text_data, tmp_path):

@@ -76,3 +76,16 @@ def test_codebook_order_is_part_of_the_identity():
     b = TokenSpace(10, {"audio": [4], "visual": [4]})
     assert a.codebook("visual").start != b.codebook("visual").start
     assert a.fingerprint != b.fingerprint
+
+
+def test_shared_rows_are_the_ranges_that_mean_the_same():
+    """What fine-tuning may carry over: same tokenizer and size, specials always, shapes by value."""
+    old = TokenSpace(100, {"visual": [64], "audio": [16, 16]}, max_height=8,
+                     tokenizers={"text": "t", "visual": "v", "audio": "a"})
+    retrained = TokenSpace(100, {"visual": [64], "audio": [16, 32]}, max_height=4,
+                           tokenizers={"text": "t2", "visual": "v2", "audio": "a"})
+    shared = retrained.shared_rows(old)
+    assert sorted(shared) == ["audio/0", "shape/h", "shape/t", "shape/w", "special"]
+    assert shared["shape/h"] == (old.ranges["shape/h"].start, retrained.ranges["shape/h"].start, 4)
+    assert shared["audio/0"][2] == 16 and shared["special"][:2] == (100, 100)
+    assert sorted(old.shared_rows(old)) == sorted(old.ranges)
