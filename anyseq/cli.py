@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import warnings
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -42,15 +43,17 @@ def lightning_cli(argv: list[str]) -> None:
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI
 
-    LightningCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        args=argv,
-        save_config_kwargs={"overwrite": True},
-        auto_configure_optimizers=False,
-    )
+    with warnings.catch_warnings():  # argv is always given on purpose: the console's or the demo's
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        LightningCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            args=argv,
+            save_config_kwargs={"overwrite": True},
+            auto_configure_optimizers=False,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
