@@ -1,4 +1,4 @@
-"""Training the unified model on text: learns, memorises, resumes exactly, runs under DDP, fails clearly."""
+"""Training the unified model on text: learns, memorises, resumes exactly, fine-tunes, runs under DDP, fails clearly."""
 
 import json
 import math
