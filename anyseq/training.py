@@ -108,14 +108,14 @@ class AnySeqModule(L.LightningModule):
         with ``model_overrides`` applied."""
         overrides = dict(self.hparams.model_overrides or {})
         overrides.pop("vocab_size", None)
-        named = ModelConfig.from_preset(self.hparams.preset or "tiny", **overrides)
+        preset = self.hparams.preset
         if ckpt is None:
-            return named
+            return ModelConfig.from_preset(preset or "tiny", **overrides)
         config = replace(ModelConfig(**ckpt["anyseq"]["model_config"]), **overrides)
-        differ = named.architecture_differences(config)
-        if self.hparams.preset is not None and differ:
-            raise ValueError(f"init_from {self.hparams.init_from}: preset {self.hparams.preset!r} is not the "
-                             f"checkpoint's architecture (field: (preset's, checkpoint's) {differ}); drop preset "
+        differ = ModelConfig.from_preset(preset, **overrides).architecture_differences(config) if preset else {}
+        if differ:
+            raise ValueError(f"init_from {self.hparams.init_from}: preset {preset!r} is not the checkpoint's "
+                             f"architecture (field: (preset's, checkpoint's) {differ}); drop preset "
                              "(--model.init_args.preset=null): the architecture comes from the checkpoint")
         return config
 
