@@ -23,6 +23,8 @@ from anyseq.kernels import linear_cross_entropy
 from anyseq.model import Transformer
 from anyseq.vocab import MODALITIES, TokenSpace, TokenSpaceMismatch
 
+DEFAULT_PRESET = "tiny"  # the architecture when neither a preset nor init_from names one
+
 
 def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float:
     """Learning-rate multiplier: linear warmup, then cosine decay to ``min_ratio``."""
@@ -72,7 +74,7 @@ class AnySeqModule(L.LightningModule):
         unknown = set(modality_loss_weights or {}) - set(MODALITIES)
         if unknown:
             raise ValueError(f"modality_loss_weights has unknown modalities {sorted(unknown)}; use {list(MODALITIES)}")
-        ModelConfig.from_preset(preset or "tiny")  # fail at construction on an unknown preset
+        ModelConfig.from_preset(preset or DEFAULT_PRESET)  # fail at construction on an unknown preset
         self.model: Transformer | None = None
         self.space: TokenSpace | None = None
         self.tokenizers: dict[str, Any] = {}
@@ -110,7 +112,7 @@ class AnySeqModule(L.LightningModule):
         overrides.pop("vocab_size", None)
         preset = self.hparams.preset
         if ckpt is None:
-            return ModelConfig.from_preset(preset or "tiny", **overrides)
+            return ModelConfig.from_preset(preset or DEFAULT_PRESET, **overrides)
         config = replace(ModelConfig(**ckpt["anyseq"]["model_config"]), **overrides)
         differ = ModelConfig.from_preset(preset, **overrides).architecture_differences(config) if preset else {}
         if differ:

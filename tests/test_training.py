@@ -173,6 +173,10 @@ def test_fine_tuning_onto_a_larger_token_space_carries_the_rows_that_mean_the_sa
         audio = slice(new.ranges["audio/0"].start, new.ranges["audio/1"].stop)
         assert torch.equal(got[audio], fresh[audio])
     assert torch.equal(target.layers[1].attention.wq.weight, source.layers[1].attention.wq.weight)
+    with torch.device("meta"):
+        unmade = Transformer(config.with_vocab(new.size))
+    with pytest.raises(ValueError, match="meta device"):
+        init_from_checkpoint(unmade, new, ckpt, "test")
 
 
 def test_two_process_ddp_on_cpu(text_data, tmp_path):
@@ -192,6 +196,18 @@ def test_print_config_shows_the_recipe(text_data, capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert "anyseq.training.AnySeqModule" in out and "preset: tiny" in out
+
+
+def test_fit_from_python_with_a_command_line_present_does_not_warn(text_data, monkeypatch):
+    """The demo runs fit in-process while its own argv is set: LightningCLI's warning is noise."""
+    import warnings
+
+    root, _ = text_data
+    monkeypatch.setattr(sys, "argv", ["anyseq", "demo", "--quick"])
+    with warnings.catch_warnings(record=True) as caught, pytest.raises(SystemExit):
+        warnings.simplefilter("always")
+        anyseq(fit_args(root, 1, ["--print_config"]))
+    assert not [w for w in caught if "args parameter" in str(w.message)]
 
 
 def test_unknown_config_key_is_named(text_data, capsys):
