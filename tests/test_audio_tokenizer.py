@@ -1,4 +1,5 @@
-"""The audio codec: the tokenizer contract, chunked = whole encoding, save/load, quantizer variants."""
+"""The audio codec: the tokenizer contract (both decoders), chunked = whole encoding, save/load
+(fingerprints survive new config fields), quantizer variants."""
 
 import json
 import math
@@ -23,8 +24,9 @@ def noise(batch: int, samples: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, 1, samples, generator=torch.Generator().manual_seed(seed)).mul(0.2).clamp(-1, 1)
 
 
-def test_contract_shapes_and_properties():
-    tok = small()
+@pytest.mark.parametrize("decoder", ["conv", "istft"])
+def test_contract_shapes_and_properties(decoder):
+    tok = small(decoder=decoder)
     assert tok.sample_rate == 16000 and tok.hop_length == 320 and tok.frame_rate == 50
     assert tok.compression == {"time": 320}
     assert tok.codebook_sizes == [64, 64, 64]
@@ -110,8 +112,32 @@ def test_chunked_encoding_of_a_long_signal_equals_encoding_it_whole(causal):
     assert torch.equal(chunked, whole)
 
 
-def test_save_load_round_trip_keeps_codes_and_fingerprint(tmp_path):
-    tok = small()
+def test_the_istft_decoder_synthesises_any_pitch_its_spectrum_names():
+    """The head's output is an STFT: frames whose spectrum is one bin, with the phase advancing
+    one hop per frame, sound that bin's pitch (the conv decoder must learn each pitch instead)."""
+    head = small(decoder="istft").decoder
+    bins, frames, k = head.n_fft // 2 + 1, 50, 37  # bin 37 of a 1280-point FFT at 16 kHz: 462.5 Hz
+    log_magnitude = torch.full((1, bins, frames), -30.0)
+    log_magnitude[:, k] = 2.0
+    phase = (torch.arange(frames) * 2 * math.pi * k * head.hop / head.n_fft).expand(1, bins, frames)
+    wav = head.synthesize(log_magnitude, phase)
+    assert wav.shape == (1, 1, frames * head.hop)
+    steady = wav[0, 0, 2 * head.hop : -2 * head.hop]
+    spectrum = torch.fft.rfft(steady * torch.hann_window(len(steady))).abs()
+    assert abs(spectrum.argmax().item() * 16000 / len(steady) - 462.5) < 2
+    assert steady.abs().max() > 0.01
+
+
+def test_the_istft_decoder_refuses_a_causal_codec():
+    with pytest.raises(ValueError, match="not causal"):
+        small(decoder="istft", causal=True)
+    with pytest.raises(ValueError, match="'conv' or 'istft'"):
+        small(decoder="wavenet")
+
+
+@pytest.mark.parametrize("decoder", ["conv", "istft"])
+def test_save_load_round_trip_keeps_codes_and_fingerprint(tmp_path, decoder):
+    tok = small(decoder=decoder)
     wav = noise(1, 16000)
     tok.save(tmp_path / "tok")
     meta = json.loads((tmp_path / "tok" / "config.json").read_text())
@@ -121,6 +147,23 @@ def test_save_load_round_trip_keeps_codes_and_fingerprint(tmp_path):
     assert loaded.config == tok.config
     assert torch.equal(loaded.encode(wav), tok.encode(wav))
     assert torch.equal(loaded.decode(tok.encode(wav)), tok.decode(tok.encode(wav)))
+
+
+def test_a_tokenizer_saved_before_a_config_field_existed_keeps_its_fingerprint(tmp_path):
+    """Shards and checkpoints name tokenizers by fingerprint: a newer anyseq that adds a config
+    field (at the default that keeps the old behaviour) must not orphan them."""
+    tok = small()
+    tok.save(tmp_path / "old")
+    path = tmp_path / "old" / "config.json"
+    meta = json.loads(path.read_text())
+    del meta["config"]["decoder"], meta["config"]["decoder_depth"]  # as written before the iSTFT decoder
+    tok.recorded_config = meta["config"]
+    meta["fingerprint"] = tok.fingerprint
+    path.write_text(json.dumps(meta))
+    loaded = MediaTokenizer.load(tmp_path / "old")
+    assert loaded.fingerprint == meta["fingerprint"] and loaded.config.decoder == "conv"
+    loaded.save(tmp_path / "again")  # re-saving keeps the record, so the fingerprint still checks
+    assert MediaTokenizer.load(tmp_path / "again").fingerprint == meta["fingerprint"]
 
 
 def test_load_refuses_weights_that_do_not_match_the_fingerprint(tmp_path):

@@ -2,7 +2,7 @@
 
     wav (B, 1, N) -> Encoder (strided 1D convs, hop = prod(strides)) -> latent (B, F, D)
         -> ResidualQuantizer (one FSQ per level by default) -> codes (B, F, levels)
-        -> Decoder (transposed convs) -> wav (B, 1, F * hop)
+        -> Decoder (transposed convs, or a Vocos-style iSTFT head) -> wav (B, 1, F * hop)
 
 Every frame's receptive field is bounded (``context_frames``), so a long signal can be
 encoded in chunks that carry that much real context and reproduce the whole-signal codes
@@ -63,7 +63,12 @@ class AudioTokenizerConfig:
         strides: encoder downsampling factors (their product must be the hop); by default a
             balanced split of the hop into four stages.
         channels: encoder width after the input conv; doubles at every downsampling stage.
-        decoder_channels: decoder width at full rate (defaults to ``channels``).
+        decoder: ``conv`` (SEANet: transposed convs up to the sample rate) or ``istft``
+            (Vocos / WavTokenizer: ConvNeXt blocks at the frame rate predict each frame's
+            spectrum, which an inverse STFT turns into samples; see :class:`ISTFTDecoder`).
+        decoder_channels: decoder width at full rate (defaults to ``channels``); it doubles per
+            stage like the encoder's, and its frame-rate width is also the iSTFT head's width.
+        decoder_depth: ConvNeXt blocks of the ``istft`` decoder.
         max_channels: cap on the doubling.
         latent_dim: width of the features handed to the quantizer.
         dilations: dilations of the residual units in every stage (SEANet: 1, 3, 9).
@@ -82,7 +87,9 @@ class AudioTokenizerConfig:
     frame_rate: float = 50.0
     strides: list[int] | None = None
     channels: int = 32
+    decoder: Literal["conv", "istft"] = "conv"
     decoder_channels: int | None = None
+    decoder_depth: int = 8
     max_channels: int = 512
     latent_dim: int = 64
     dilations: list[int] = field(default_factory=lambda: [1, 3, 9])
@@ -221,11 +228,15 @@ class Encoder(nn.Module):
         return total
 
 
+def _decoder_widths(c: AudioTokenizerConfig) -> list[int]:
+    return _widths(default(c.decoder_channels, c.channels), len(c.resolved_strides()), c.max_channels)
+
+
 class Decoder(nn.Module):
     def __init__(self, c: AudioTokenizerConfig):
         super().__init__()
         strides, k, causal = c.resolved_strides(), c.kernel_size, c.causal
-        widths = _widths(default(c.decoder_channels, c.channels), len(strides), c.max_channels)
+        widths = _decoder_widths(c)
         layers: list[nn.Module] = [Conv(c.latent_dim, widths[-1], k, causal=causal)]
         for stride, w_in, w_out in zip(reversed(strides), reversed(widths), reversed(widths[:-1])):
             layers += [activation(c.activation, w_in), ConvTranspose(w_in, w_out, stride, causal=causal)]
@@ -235,6 +246,83 @@ class Decoder(nn.Module):
 
     def forward(self, latent: Tensor) -> Tensor:
         return self.net(latent)
+
+
+class ConvNeXtBlock(nn.Module):
+    """Depthwise conv, LayerNorm, pointwise MLP and a small layer scale, around a residual."""
+
+    def __init__(self, width: int, kernel: int, layer_scale: float):
+        super().__init__()
+        self.depthwise = nn.Conv1d(width, width, kernel, padding=kernel // 2, groups=width)
+        self.norm = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(nn.Linear(width, 3 * width), nn.GELU(), nn.Linear(3 * width, width))
+        self.scale = nn.Parameter(torch.full((width,), layer_scale))
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, width, frames)
+        y = self.mlp(self.norm(self.depthwise(x).transpose(1, 2))) * self.scale
+        return x + y.transpose(1, 2)
+
+
+class ISTFTDecoder(nn.Module):
+    """Latent frames -> one STFT frame each (log-magnitude and phase) -> inverse STFT (Vocos).
+
+    The network runs at the frame rate only, and the sinusoids come from the inverse FFT: a
+    transposed-conv decoder must build every pitch out of its upsampling filters, and a small
+    one trained briefly falls back to harmonics of the frame rate (a rising tone comes out
+    as a steady buzz). STFT hop = the codec's hop, window = 4 hops (Vocos's ratio); frame f
+    is centred on sample ``f * hop``. Not causal: overlap-add reaches 1.5 hops ahead.
+
+    The phase is integrated over frames: each bin advances at its centre frequency plus a
+    learned, bounded deviation, so a steady partial stays coherent from frame to frame (a
+    freely predicted phase did not learn in our short CPU runs).
+    """
+
+    def __init__(self, c: AudioTokenizerConfig):
+        super().__init__()
+        if c.causal:
+            raise ValueError("AudioTokenizerConfig: decoder='istft' is not causal (overlap-add looks ahead); "
+                             "use decoder='conv' with causal=True for streaming")
+        width, self.hop = _decoder_widths(c)[-1], c.hop_length
+        self.n_fft = 4 * self.hop
+        self.input = nn.Conv1d(c.latent_dim, width, c.kernel_size, padding=c.kernel_size // 2)
+        self.norm = nn.LayerNorm(width)
+        self.blocks = nn.Sequential(*(ConvNeXtBlock(width, c.kernel_size, 1 / c.decoder_depth) for _ in range(c.decoder_depth)))
+        self.out_norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, 2 * (self.n_fft // 2 + 1))
+        # Start quiet (~0.06 RMS). Started loud, the output fades early on while the log-mel
+        # gradient grows ~100x; the Balancer divides by its running norm, Adam remembers the
+        # first large steps, and the codec stalled on one fixed spectrum whatever the input.
+        with torch.no_grad():
+            self.head.bias[: self.n_fft // 2 + 1] = -3.0
+        self.register_buffer("window", torch.hann_window(self.n_fft), persistent=False)
+
+    def forward(self, latent: Tensor) -> Tensor:  # (B, latent_dim, frames) -> (B, 1, frames * hop)
+        x = self.input(latent)
+        x = self.norm(x.transpose(1, 2)).transpose(1, 2)
+        x = self.out_norm(self.blocks(x).transpose(1, 2))
+        log_magnitude, deviation = self.head(x).transpose(1, 2).chunk(2, dim=1)  # (B, bins, frames) each
+        return self.synthesize(log_magnitude, self.integrate_phase(deviation))
+
+    def integrate_phase(self, deviation: Tensor) -> Tensor:
+        """Phase from each bin's per-frame advance: its centre frequency's plus a bounded deviation."""
+        bins = torch.arange(deviation.shape[1], device=deviation.device, dtype=deviation.dtype)
+        centre = (2 * math.pi * self.hop / self.n_fft) * bins
+        return torch.cumsum(centre[:, None] + math.pi * torch.tanh(deviation), dim=-1)
+
+    def synthesize(self, log_magnitude: Tensor, phase: Tensor) -> Tensor:
+        """(B, bins, frames) log-magnitudes and phases -> (B, 1, frames * hop) samples."""
+        magnitude = log_magnitude.exp().clamp(max=1e2)  # normalised STFT: a full-scale sine peaks near sqrt(n_fft) / 4
+        wav = torch.istft(torch.polar(magnitude, phase), self.n_fft, self.hop, window=self.window, normalized=True,
+                          center=True, length=log_magnitude.shape[-1] * self.hop)
+        return wav.unsqueeze(1)
+
+
+def build_decoder(c: AudioTokenizerConfig) -> nn.Module:
+    if c.decoder == "conv":
+        return Decoder(c)
+    if c.decoder == "istft":
+        return ISTFTDecoder(c)
+    raise ValueError(f"AudioTokenizerConfig.decoder must be 'conv' or 'istft', got {c.decoder!r}")
 
 
 # -- residual quantization ----------------------------------------------------------------------
@@ -315,7 +403,7 @@ class AudioTokenizer(MediaTokenizer):
         self.hop_length = c.hop_length
         self.encoder = Encoder(c)
         self.quantizer = ResidualQuantizer(c.latent_dim, c.quantizer, c.dropout_probability)
-        self.decoder = Decoder(c)
+        self.decoder = build_decoder(c)
 
     # -- protocol properties -----------------------------------------------------------------------
     @property

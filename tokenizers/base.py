@@ -82,6 +82,7 @@ class MediaTokenizer(nn.Module):
     def __init__(self, config: Any):
         super().__init__()
         self.config = config
+        self.recorded_config: dict[str, Any] | None = None  # config.json's "config", once loaded
 
     # -- the protocol -------------------------------------------------------------------
     @property
@@ -102,7 +103,13 @@ class MediaTokenizer(nn.Module):
 
     # -- persistence ------------------------------------------------------------------------
     def config_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self.config)
+        """The config as saved and hashed: as its config.json wrote it, for a loaded tokenizer.
+
+        A config field added by a later anyseq version (at the default that keeps the old
+        behaviour) thus leaves every saved tokenizer's fingerprint, and the shards and
+        checkpoints that name it, valid.
+        """
+        return self.recorded_config if self.recorded_config is not None else dataclasses.asdict(self.config)
 
     @property
     def fingerprint(self) -> str:
@@ -143,6 +150,7 @@ class MediaTokenizer(nn.Module):
             raise TokenizerFileError(f"{weights}: tokenizer weights are missing (expected next to {CONFIG_FILE})")
         model.load_state_dict(load_file(str(weights), device=str(map_location)))
         model.eval()
+        model.recorded_config = meta["config"]
         if model.fingerprint != meta["fingerprint"]:
             raise ValueError(
                 f"{directory}: weights do not match the fingerprint in {CONFIG_FILE} "
@@ -164,3 +172,4 @@ def read_tokenizer_meta(directory: str | Path) -> dict[str, Any]:
 def load_tokenizer(directory: str | Path, map_location: str | torch.device = "cpu") -> MediaTokenizer:
     """Load any saved media tokenizer; the class is read from its ``config.json``."""
     return MediaTokenizer.load(directory, map_location)
+
