@@ -6,6 +6,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning as L
@@ -89,6 +90,27 @@ def test_a_short_run_learns_to_reconstruct_held_out_images(world, tmp_path):
     assert images["ssim"] > 0.6
     assert images["jpeg"]["psnr"] > 15  # the reference was computed at the same bits per pixel
     assert (tmp_path / "eval" / "reconstructions.png").is_file()
+
+
+def test_fine_tuning_starts_from_a_saved_tokenizer_and_exports_a_new_one(world, tmp_path):
+    """``init_from``: the saved tokenizer's architecture and weights, fresh optimizers and
+    discriminators; a different ``tokenizer`` config is an error naming the fields."""
+    torch.manual_seed(0)
+    saved = tiny_recipe().config
+    module = tiny_recipe()
+    module.configure_model()
+    module.tokenizer.save(tmp_path / "saved")
+    tuned = tiny_recipe(tokenizer=None, init_from=str(tmp_path / "saved"), export_dir=str(tmp_path / "tuned"))
+    tuned.configure_model()
+    assert tuned.config == saved
+    assert all(torch.equal(a, b) for a, b in zip(tuned.tokenizer.state_dict().values(), module.tokenizer.state_dict().values()))
+    with pytest.raises(ValueError, match=r"quantizer\.levels .*tokenizer=null"):
+        other = config_from_dict(VisualTokenizerConfig, {**asdict(saved), "quantizer": {**asdict(saved.quantizer), "levels": [8, 8]}})
+        tiny_recipe(tokenizer=other, init_from=str(tmp_path / "saved"))
+    data = VisualDataModule(str(world[0]), size=32, batch_size=4, kinds=["image"], max_scale=1.0)
+    trainer(tmp_path, 1).fit(tuned, data)
+    exported = MediaTokenizer.load(tmp_path / "tuned")
+    assert exported.config == saved and exported.fingerprint != module.tokenizer.fingerprint
 
 
 # -- evaluation ----------------------------------------------------------------------------------------------

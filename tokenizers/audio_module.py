@@ -36,7 +36,7 @@ from anyseq.tokenizers.audio_losses import (
     si_sdr,
     waveform_l1,
 )
-from anyseq.tokenizers.base import config_from_dict
+from anyseq.tokenizers.base import config_from_dict, fine_tuning_config, load_for_fine_tuning
 from anyseq.training import warmup_cosine
 
 
@@ -69,6 +69,9 @@ class AudioTokenizerModule(L.LightningModule):
             ``trainer.max_steps`` allows).
         grad_clip: gradient norm clip of both networks (None: off).
         export_dir: where the trained tokenizer is saved (``AudioTokenizer.save``) when fit ends.
+        init_from: a saved tokenizer folder to fine-tune: architecture and weights from there
+            (``tokenizer`` may be null, or must match it), fresh optimizers, schedule and
+            discriminators. ``--ckpt_path`` instead continues an interrupted run.
     """
 
     def __init__(
@@ -94,11 +97,15 @@ class AudioTokenizerModule(L.LightningModule):
         min_lr_ratio: float = 0.1,
         grad_clip: float | None = 100.0,
         export_dir: str | None = None,
+        init_from: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
-        self.config = _as_config(AudioTokenizerConfig, tokenizer)
+        if init_from is not None:
+            self.config = fine_tuning_config(init_from, AudioTokenizer, tokenizer)
+        else:
+            self.config = _as_config(AudioTokenizerConfig, tokenizer)
         self.discriminator_config = _as_config(DiscriminatorConfig, discriminator)
         self.config.resolved_strides()  # fail at construction on an inconsistent config
         if adversarial_loss not in ("hinge", "mse"):
@@ -122,7 +129,8 @@ class AudioTokenizerModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.tokenizer is not None:
             return
-        self.tokenizer = AudioTokenizer(self.config)
+        init_from = self.hparams.init_from
+        self.tokenizer = AudioTokenizer(self.config) if init_from is None else load_for_fine_tuning(init_from, self.config)
         if self.adversarial:
             self.discriminators = Discriminators(self.discriminator_config)
 

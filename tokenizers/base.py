@@ -173,3 +173,47 @@ def load_tokenizer(directory: str | Path, map_location: str | torch.device = "cp
     """Load any saved media tokenizer; the class is read from its ``config.json``."""
     return MediaTokenizer.load(directory, map_location)
 
+
+def _differences(given: dict[str, Any], saved: dict[str, Any], prefix: str = "") -> list[str]:
+    """The fields where two config dicts disagree: dotted names, with both values."""
+    names = []
+    for key in sorted(set(given) | set(saved)):
+        a, b = given.get(key), saved.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            names += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            names.append(f"{prefix}{key} ({a!r} here, {b!r} saved)")
+    return names
+
+
+def fine_tuning_config(directory: str | Path, cls: type[MediaTokenizer], given: Any | None) -> Any:
+    """The architecture of the saved tokenizer a run fine-tunes (``init_from``).
+
+    It is read from the folder, so a recipe need not repeat it; a ``given`` config (a recipe's
+    ``tokenizer:``) must agree with it field by field, since weights only fit their own shapes.
+    """
+    meta = read_tokenizer_meta(directory)
+    klass = _import_class(meta["class"])
+    if not (isinstance(klass, type) and issubclass(klass, cls)):
+        raise TypeError(f"init_from={directory}: holds a {meta['class']}; this module fine-tunes a {cls.__name__}")
+    saved = config_from_dict(klass.config_class, meta["config"])
+    if isinstance(given, dict):
+        given = config_from_dict(klass.config_class, given)
+    if given is not None and given != saved:
+        diff = _differences(dataclasses.asdict(given), dataclasses.asdict(saved))
+        raise ValueError(
+            f"init_from={directory}: the tokenizer config given differs from the saved tokenizer's in "
+            f"{', '.join(diff)}; the architecture comes from the saved tokenizer, so pass "
+            "--model.init_args.tokenizer=null (or make those fields match)"
+        )
+    return saved
+
+
+def load_for_fine_tuning(directory: str | Path, config: Any) -> MediaTokenizer:
+    """The saved tokenizer, checked against its fingerprint, in training mode. Fine-tuning makes
+    a new tokenizer: its config is recorded in full and it gets a fingerprint of its own."""
+    tokenizer = MediaTokenizer.load(directory)
+    if tokenizer.config != config:
+        raise ValueError(f"init_from={directory}: the folder changed since the run started; restart it")
+    tokenizer.recorded_config = None
+    return tokenizer.train()

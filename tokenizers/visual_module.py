@@ -26,6 +26,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from anyseq.tokenizers.base import fine_tuning_config, load_for_fine_tuning
 from anyseq.tokenizers.visual import VisualTokenizer, VisualTokenizerConfig
 from anyseq.tokenizers.visual_losses import (
     PatchDiscriminator,
@@ -87,6 +88,9 @@ class VisualTokenizerModule(L.LightningModule):
         disc_layers: strided layers of the discriminators.
         grad_clip: gradient norm clipping of both optimizers (None: off).
         export_dir: where ``tokenizer.save`` writes the trained tokenizer at the end of fit.
+        init_from: a saved tokenizer folder to fine-tune: architecture and weights from there
+            (``tokenizer`` may be null, or must match it), fresh optimizers, schedule and
+            discriminators. ``--ckpt_path`` instead continues an interrupted run.
     """
 
     def __init__(
@@ -110,13 +114,17 @@ class VisualTokenizerModule(L.LightningModule):
         disc_layers: int = 3,
         grad_clip: float | None = 1.0,
         export_dir: str | None = None,
+        init_from: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
         if reconstruction not in ("l1", "l2"):
             raise ValueError(f"VisualTokenizerModule.reconstruction must be 'l1' or 'l2', got {reconstruction!r}")
         self.automatic_optimization = False
-        self.config = default(tokenizer, VisualTokenizerConfig())
+        if exists(init_from):
+            self.config = fine_tuning_config(init_from, VisualTokenizer, tokenizer)
+        else:
+            self.config = default(tokenizer, VisualTokenizerConfig())
         self.tokenizer: VisualTokenizer | None = None
         self.discriminators: nn.ModuleDict | None = None
         net = load_feature_net(perceptual_net, "perceptual loss")
@@ -129,8 +137,8 @@ class VisualTokenizerModule(L.LightningModule):
     def configure_model(self) -> None:
         if exists(self.tokenizer):
             return
-        self.tokenizer = VisualTokenizer(self.config)
         h = self.hparams
+        self.tokenizer = load_for_fine_tuning(h.init_from, self.config) if exists(h.init_from) else VisualTokenizer(self.config)
         self.discriminators = nn.ModuleDict(
             {kind: PatchDiscriminator(dims, h.disc_channels, h.disc_layers) for kind, dims in (("image", 2), ("video", 3))}
         )
