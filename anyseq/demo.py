@@ -160,14 +160,17 @@ def stage_text_tokenizer(out: Path, manifest: Path) -> dict[str, Any]:
     return {"path": str(path), "vocab_size": tok.vocab_size}
 
 
-def stage_media_tokenizer(out: Path, kind: str, manifest: Path, steps: int, plan: Plan) -> dict[str, Any]:
+def stage_media_tokenizer(
+    out: Path, kind: str, manifest: Path, steps: int, plan: Plan, extra: tuple[str, ...] = ()
+) -> dict[str, Any]:
     """The tiny recipe of ``kind`` on the world's media, adapted to the demo's budget.
 
     Visual: 1000 FSQ codes (the world's shapes use fewer than 600 of 4375) keep the
     transformer's vocabulary, and so its output layer, the slowest part of a CPU step, half
     as wide; a higher learning rate suits the short run. Audio: 50 frames/s x 2 levels
     (100 tokens/s), so one clip and its caption fit one training row, and the mel loss leads
-    (the judges hear pitch and loudness, not waveform phase).
+    (the judges hear pitch and loudness, not waveform phase). ``extra`` arguments go last
+    (scripts/compare_demo_codecs.py tries variants with them).
     """
     export = out / "tokenizers" / kind
     data = {
@@ -179,7 +182,7 @@ def stage_media_tokenizer(out: Path, kind: str, manifest: Path, steps: int, plan
                   "--model.init_args.mel_weight=6.0", "--model.init_args.waveform_weight=1.0"],
     }[kind]
     _cli(["fit", "--config", str(CONFIGS / "tokenizer" / f"{kind}_tiny.yaml"), *data,
-          f"--model.init_args.export_dir={export}", *_quiet_trainer(out / "runs" / kind, steps, plan)])
+          f"--model.init_args.export_dir={export}", *_quiet_trainer(out / "runs" / kind, steps, plan), *extra])
     return {"path": str(export)}
 
 
@@ -324,12 +327,17 @@ def tokenizer_metrics(out: Path, toks: dict[str, str], held_out: Path, plan: Pla
         tokenizer = load_tokenizer(toks[name])
         metrics[name] = module.evaluate_folder(tokenizer, held_out, out / "tokenizer_eval" / name)
         for kind in ("image", "video") if name == "visual" else ("audio",):
-            rows = _held_out(held_out, kind, plan.eval_per_direction)
-            verdicts = [_correct(kind, world.parse_caption(r["text"]),
-                                 judges.judge(kind, _round_trip(tokenizer, kind, held_out.parent / r[kind], plan),
-                                              plan.sample_rate)) for r in rows]
-            metrics["judged_round_trip"][kind] = float(np.mean([all(v.values()) for v in verdicts]))
+            pairs = judged_round_trips(tokenizer, kind, held_out, plan)
+            metrics["judged_round_trip"][kind] = float(np.mean([all(_correct(kind, *p).values()) for p in pairs]))
     return metrics
+
+
+def judged_round_trips(tokenizer, kind: str, held_out: Path, plan: Plan) -> list[tuple[Any, Any]]:
+    """(true scene, scene the judge sees in the reconstruction) for the first held-out media of ``kind``."""
+    rows = _held_out(held_out, kind, plan.eval_per_direction)
+    return [(world.parse_caption(r["text"]),
+             judges.judge(kind, _round_trip(tokenizer, kind, held_out.parent / r[kind], plan), plan.sample_rate))
+            for r in rows]
 
 
 # ---------------------------------------------------------------------------------------------
