@@ -3,7 +3,7 @@
     .venv/bin/python scripts/compare_demo_codecs.py --steps 600 --out runs/demo_codecs \
         --variant conv= --variant istft=--model.init_args.tokenizer.decoder=istft
 
-Each variant is ``name=ARG,ARG...``: ``anyseq fit`` arguments appended to the demo's own audio
+Each variant is ``"name=ARG ARG ..."`` (split like a shell line): ``anyseq fit`` arguments appended to the demo's own audio
 recipe (``anyseq.demo.stage_media_tokenizer``). The demo's world is written under ``--out``
 unless ``--world`` points at an existing demo output. Prints and writes, per variant, the
 training seconds, the share of held-out sounds judged right through the codec and the
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import shlex
 import time
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from anyseq.tokenizers.base import load_tokenizer
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variant", action="append", required=True, help="name=ARG,ARG... (anyseq fit arguments)")
+    parser.add_argument("--variant", action="append", required=True, help="'name=ARG ARG ...' (anyseq fit arguments)")
     parser.add_argument("--steps", type=int, default=demo.PLANS["default"].audio_steps)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--world", type=Path, help="an `anyseq demo` output folder whose world/ and held_out/ to reuse")
@@ -41,7 +42,7 @@ def main() -> None:
         name, _, extra = variant.partition("=")
         start = time.perf_counter()
         trained = demo.stage_media_tokenizer(args.out / name, "audio", manifest, args.steps, plan,
-                                             tuple(a for a in extra.split(",") if a))
+                                             tuple(shlex.split(extra)))
         seconds = time.perf_counter() - start
         pairs = demo.judged_round_trips(load_tokenizer(trained["path"]), "audio", held_out, plan)
         heard = collections.Counter(f"{truth.pattern} -> {judged.pattern if judged else 'silence'}" for truth, judged in pairs)

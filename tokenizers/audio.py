@@ -271,10 +271,6 @@ class ISTFTDecoder(nn.Module):
     one trained briefly falls back to harmonics of the frame rate (a rising tone comes out
     as a steady buzz). STFT hop = the codec's hop, window = 4 hops (Vocos's ratio); frame f
     is centred on sample ``f * hop``. Not causal: overlap-add reaches 1.5 hops ahead.
-
-    The phase is integrated over frames: each bin advances at its centre frequency plus a
-    learned, bounded deviation, so a steady partial stays coherent from frame to frame (a
-    freely predicted phase did not learn in our short CPU runs).
     """
 
     def __init__(self, c: AudioTokenizerConfig):
@@ -300,14 +296,8 @@ class ISTFTDecoder(nn.Module):
         x = self.input(latent)
         x = self.norm(x.transpose(1, 2)).transpose(1, 2)
         x = self.out_norm(self.blocks(x).transpose(1, 2))
-        log_magnitude, deviation = self.head(x).transpose(1, 2).chunk(2, dim=1)  # (B, bins, frames) each
-        return self.synthesize(log_magnitude, self.integrate_phase(deviation))
-
-    def integrate_phase(self, deviation: Tensor) -> Tensor:
-        """Phase from each bin's per-frame advance: its centre frequency's plus a bounded deviation."""
-        bins = torch.arange(deviation.shape[1], device=deviation.device, dtype=deviation.dtype)
-        centre = (2 * math.pi * self.hop / self.n_fft) * bins
-        return torch.cumsum(centre[:, None] + math.pi * torch.tanh(deviation), dim=-1)
+        log_magnitude, phase = self.head(x).transpose(1, 2).chunk(2, dim=1)  # (B, bins, frames) each
+        return self.synthesize(log_magnitude, phase)
 
     def synthesize(self, log_magnitude: Tensor, phase: Tensor) -> Tensor:
         """(B, bins, frames) log-magnitudes and phases -> (B, 1, frames * hop) samples."""
