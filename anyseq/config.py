@@ -12,6 +12,18 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 
+def config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    """Where two (nested) config dicts disagree: dotted field name -> (a's value, b's value)."""
+    found: dict[str, tuple[Any, Any]] = {}
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            found.update(config_differences(x, y, f"{prefix}{key}."))
+        elif x != y:
+            found[f"{prefix}{key}"] = (x, y)
+    return found
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Shape and options of the decoder-only transformer.
@@ -75,8 +87,8 @@ class ModelConfig:
     def architecture_differences(self, other: "ModelConfig") -> dict[str, tuple[Any, Any]]:
         """Fields that give the same weights another meaning, where ``other`` differs: all but
         the run options (vocabulary size, context length, dropout, init std)."""
-        return {f: (v, getattr(other, f)) for f, v in self.to_dict().items()
-                if f not in RUN_OPTIONS and v != getattr(other, f)}
+        differ = config_differences(self.to_dict(), other.to_dict())
+        return {f: values for f, values in differ.items() if f not in RUN_OPTIONS}
 
     def num_params(self, embeddings: bool = True) -> int:
         """Parameter count from the hyperparameters alone (no model built)."""

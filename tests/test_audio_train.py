@@ -72,7 +72,7 @@ def test_fine_tuning_starts_from_a_saved_codec_and_exports_a_new_one(corpus, tmp
     module.configure_model()
     assert module.config == saved.config and module.tokenizer.training
     assert all(torch.equal(a, b) for a, b in zip(module.tokenizer.state_dict().values(), saved.state_dict().values()))
-    with pytest.raises(ValueError, match=r"channels \(32 here, 4 saved\).*tokenizer=null"):
+    with pytest.raises(ValueError, match=r"'channels': \(32, 4\).*tokenizer=null"):
         AudioTokenizerModule(tokenizer=AudioTokenizerConfig(), init_from=str(tmp_path / "saved"))
 
     export = tmp_path / "tuned"

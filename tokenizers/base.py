@@ -21,6 +21,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from anyseq.config import config_differences
+
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
@@ -174,18 +176,6 @@ def load_tokenizer(directory: str | Path, map_location: str | torch.device = "cp
     return MediaTokenizer.load(directory, map_location)
 
 
-def _differences(given: dict[str, Any], saved: dict[str, Any], prefix: str = "") -> list[str]:
-    """The fields where two config dicts disagree: dotted names, with both values."""
-    names = []
-    for key in sorted(set(given) | set(saved)):
-        a, b = given.get(key), saved.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            names += _differences(a, b, f"{prefix}{key}.")
-        elif a != b:
-            names.append(f"{prefix}{key} ({a!r} here, {b!r} saved)")
-    return names
-
-
 def fine_tuning_config(directory: str | Path, cls: type[MediaTokenizer], given: Any | None) -> Any:
     """The architecture of the saved tokenizer a run fine-tunes (``init_from``).
 
@@ -200,10 +190,10 @@ def fine_tuning_config(directory: str | Path, cls: type[MediaTokenizer], given: 
     if isinstance(given, dict):
         given = config_from_dict(klass.config_class, given)
     if given is not None and given != saved:
-        diff = _differences(dataclasses.asdict(given), dataclasses.asdict(saved))
+        differ = config_differences(dataclasses.asdict(given), dataclasses.asdict(saved))
         raise ValueError(
-            f"init_from={directory}: the tokenizer config given differs from the saved tokenizer's in "
-            f"{', '.join(diff)}; the architecture comes from the saved tokenizer, so pass "
+            f"init_from={directory}: the tokenizer config given is not the saved tokenizer's (field: "
+            f"(given, saved) {differ}); the architecture comes from the saved tokenizer, so pass "
             "--model.init_args.tokenizer=null (or make those fields match)"
         )
     return saved
