@@ -105,6 +105,24 @@ def test_generation_benchmark_times_the_same_batch_with_and_without_the_cache(de
     assert all(r["new_tokens"] > 0 and r["tokens_per_s_cache"] > 0 and r["tokens_per_s_no_cache"] > 0 for r in rows)
 
 
+def test_the_codec_comparison_trains_each_variant_with_its_arguments_and_judges_it(demo, tmp_path):
+    path = Path(__file__).resolve().parents[1] / "scripts" / "compare_demo_codecs.py"
+    spec = importlib.util.spec_from_file_location("compare_demo_codecs", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    manifest = demo / "world" / "manifest.jsonl"
+    istft = f"istft=--model.init_args.tokenizer.decoder=istft --data.init_args.train=[{manifest},{manifest}]"
+    assert script.main(["--world", str(demo), "--out", str(tmp_path), "--steps", "2", "--variant", "conv=",
+                        "--variant", istft]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    held_out = len(_held_out(demo / "held_out" / "manifest.jsonl", "audio", 1000))
+    for name, decoder in (("conv", "conv"), ("istft", "istft")):
+        row = results[name]
+        assert row["n"] == held_out == sum(row["heard"].values()) and 0.0 <= row["judged_legible"] <= 1.0
+        config = json.loads((tmp_path / name / "tokenizers" / "audio" / "config.json").read_text())["config"]
+        assert config["decoder"] == decoder and config["frame_rate"] == 50  # the demo's recipe, then the variant's
+
+
 def test_several_samples_per_prompt_are_all_judged_and_the_report_shows_distinct_prompts(demo, tmp_path):
     """CFG's effect is a few points: the default judges 4 samples of every held-out prompt."""
     plan = replace(PLANS["quick"], samples_per_prompt=3)

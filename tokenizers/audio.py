@@ -282,7 +282,8 @@ class ISTFTDecoder(nn.Module):
         self.n_fft = 4 * self.hop
         self.input = nn.Conv1d(c.latent_dim, width, c.kernel_size, padding=c.kernel_size // 2)
         self.norm = nn.LayerNorm(width)
-        self.blocks = nn.Sequential(*(ConvNeXtBlock(width, c.kernel_size, 1 / c.decoder_depth) for _ in range(c.decoder_depth)))
+        depth = c.decoder_depth
+        self.blocks = nn.Sequential(*(ConvNeXtBlock(width, c.kernel_size, 1 / depth) for _ in range(depth)))
         self.out_norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, 2 * (self.n_fft // 2 + 1))
         # Start quiet (~0.06 RMS). Started loud, the output fades early on while the log-mel
