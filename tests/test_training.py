@@ -88,7 +88,7 @@ def test_tiny_model_memorises_text_and_generate_reproduces_it(text_data, tmp_pat
     assert record["to"] == "text" and record["new_tokens"] > 0 and record["kv_cache"] is True
 
 
-def final_loss(root, steps, resume_from=None, ckpt_dir=None, save_at=None, **module_args):
+def final_loss(root, steps, resume_from=None, ckpt_dir=None, save_at=None, save_end=None, **module_args):
     from anyseq.data.datamodule import ShardDataModule
     from anyseq.training import AnySeqModule
 
@@ -110,6 +110,8 @@ def final_loss(root, steps, resume_from=None, ckpt_dir=None, save_at=None, **mod
                              "model_overrides": {"dropout": 0.1}, **module_args})
     data = ShardDataModule(train=[str(root / "shards")], seq_len=32, batch_size=4, num_workers=0)
     trainer.fit(module, datamodule=data, ckpt_path=resume_from)
+    if save_end:
+        trainer.save_checkpoint(save_end)
     return losses
 
 
@@ -121,6 +123,17 @@ def test_resume_is_exact(text_data, tmp_path):
     second = final_loss(root, 8, resume_from=str(ckpt))
     assert first == straight[:4]
     assert second == straight[4:]
+
+
+def test_resume_after_a_run_stopped_by_max_steps_is_exact(text_data, tmp_path):
+    """Lightning counts the unfinished epoch of a run stopped by max_steps as done, and numbers
+    the rest of it as the next epoch when resumed: the data still continue where they stopped."""
+    root, _ = text_data
+    straight = final_loss(root, 8)
+    first = final_loss(root, 3, save_end=tmp_path / "stopped.ckpt")
+    assert torch.load(tmp_path / "stopped.ckpt", weights_only=False)["epoch"] == 1  # the quirk this is about
+    again = final_loss(root, 8, resume_from=str(tmp_path / "stopped.ckpt"))
+    assert first + again == straight
 
 
 def test_fine_tuning_starts_from_the_checkpoint(text_data, tmp_path):

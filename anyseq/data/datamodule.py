@@ -132,7 +132,11 @@ class ShardDataModule(L.LightningDataModule):
             return {}
         batches = trainer.fit_loop.epoch_loop.batch_progress.current.ready
         rows = batches * self.hparams.batch_size * trainer.world_size
-        return {"epoch": trainer.current_epoch, "rows": rows, "layout": self._layout_key()}
+        epoch = self._sampler.data_epoch if self._sampler is not None else trainer.current_epoch
+        # a run stopped by max_steps counts its unfinished epoch as done, and a run resumed from it
+        # numbers the rest of that epoch as the next one: the offset maps its numbers to the data's
+        return {"epoch": epoch, "rows": rows, "epoch_offset": epoch - trainer.current_epoch,
+                "layout": self._layout_key()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not state:
@@ -150,4 +154,5 @@ class ShardDataModule(L.LightningDataModule):
             self._apply_resume()
 
     def _apply_resume(self) -> None:
-        self._sampler.resume(int(self._resume["epoch"]), int(self._resume["rows"]))
+        state = self._resume
+        self._sampler.resume(int(state["epoch"]), int(state["rows"]), int(state.get("epoch_offset", 0)))

@@ -190,12 +190,17 @@ class ResumableSampler(DistributedSampler):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, drop_last=True)
         self.rows = len(dataset)
         self.skip = (0, 0)  # (epoch, global rows already consumed in it)
+        self.epoch_offset = 0  # data epoch minus the trainer's epoch number (see ShardDataModule.state_dict)
 
-    def resume(self, epoch: int, rows: int) -> None:
-        self.skip = (epoch, rows)
+    def resume(self, epoch: int, rows: int, epoch_offset: int = 0) -> None:
+        self.skip, self.epoch_offset = (epoch, rows), epoch_offset
+
+    @property
+    def data_epoch(self) -> int:
+        return self.epoch + self.epoch_offset if self.shuffle else 0
 
     def __iter__(self) -> Iterator[int]:
-        epoch = self.epoch if self.shuffle else 0
+        epoch = self.data_epoch
         start = min(self.skip[1], self.rows) if epoch == self.skip[0] and self.shuffle else 0
         count = (self.rows - start) // self.num_replicas
         first = epoch * self.rows + start + self.rank
