@@ -26,6 +26,7 @@ from dataclasses import asdict
 
 import numpy as np
 
+from anyseq.helpers import exists
 from anyseq.world import (
     CENTRE,
     COLOURS,
@@ -49,10 +50,6 @@ from anyseq.world import (
 MIN_CONTRAST = 40.0  # RGB distance from the background below which nothing is drawn
 SCALES = (0.9, 1.0, 1.1)  # template sides tried, relative to the side the area implies
 BLURS = (0.0, 0.6, 1.2, 1.8)  # Gaussian sigmas (pixels) the templates are tried at
-
-
-def exists(x) -> bool:
-    return x is not None
 
 
 # ----------------------------------------------------------------------------- images

@@ -24,6 +24,8 @@ import torch
 import torchaudio.functional as AF
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from anyseq.helpers import default, exists
+
 PathLike = str | os.PathLike
 
 
@@ -64,14 +66,6 @@ class InvalidSamplesError(MediaError):
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def exists(x) -> bool:
-    return x is not None
-
-
-def default(x, d):
-    return x if exists(x) else d
 
 
 def _check_file(path: PathLike) -> Path:

@@ -24,6 +24,7 @@ from typing import ClassVar
 import numpy as np
 
 from anyseq import media
+from anyseq.helpers import exists
 
 COLOURS = ("red", "green", "blue", "yellow")
 SHAPES = ("circle", "square", "triangle")
@@ -53,10 +54,6 @@ FILL = {"circle": np.pi / 4, "square": 1.0, "triangle": 0.5}  # area / box area
 LOW_HZ, HIGH_HZ = 300.0, 1200.0  # two octaves apart: a judge splits them at 600 Hz
 BACKGROUND = 30
 TRAVEL = 0.45  # how far a video shape moves, fraction of the image
-
-
-def exists(x) -> bool:
-    return x is not None
 
 
 def _rng(rng: np.random.Generator | int | None) -> np.random.Generator | None:

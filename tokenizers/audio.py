@@ -23,16 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import weight_norm
 
+from anyseq.helpers import default, exists
 from anyseq.tokenizers.base import MediaTokenizer, inference
 from anyseq.tokenizers.quantizer import Quantizer, QuantizerConfig, QuantizerOutput
-
-
-def exists(x) -> bool:
-    return x is not None
-
-
-def default(x, d):
-    return x if exists(x) else d
 
 
 def default_strides(hop: int, stages: int = 4) -> list[int]:

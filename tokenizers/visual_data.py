@@ -25,19 +25,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from anyseq import media
+from anyseq.helpers import default, exists
 
 Kind = Literal["image", "video"]
 KINDS: tuple[Kind, ...] = ("image", "video")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mkv", ".avi", ".mov", ".gif"}  # GIFs are clips (possibly one frame)
-
-
-def exists(x) -> bool:
-    return x is not None
-
-
-def default(x, d):
-    return x if exists(x) else d
 
 
 @dataclass(frozen=True)
