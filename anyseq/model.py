@@ -155,24 +155,36 @@ class Transformer(nn.Module):
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
         if config.tie_embeddings:
-            self.output.weight = self.tok_embeddings.weight
+            self.tie_weights()
         self.init_weights()
+
+    def tie_weights(self) -> None:
+        """Share the output projection with the embedding (again after ``to_empty``, which unties)."""
+        self.output.weight = self.tok_embeddings.weight
 
     @torch.no_grad()
     def init_weights(self) -> None:
-        """Normal(0, std) everywhere; residual output projections scaled by 1/sqrt(2L) (GPT-2).
+        """Initialise every parameter, in order, from the default generator.
 
         Separate from ``__init__`` so a model built on the meta device can be materialised
-        with ``to_empty(device=...)`` and then initialised.
+        with ``to_empty(device=...)`` and then initialised (``anyseq.parallelize``).
+        """
+        for name, p in self.named_parameters():
+            self.init_parameter(name, p)
+
+    @torch.no_grad()
+    def init_parameter(self, name: str, p: Tensor) -> None:
+        """Normal(0, std); residual output projections scaled by 1/sqrt(2L) (GPT-2); norms 1 / 0.
+
+        ``p`` may be a whole tensor standing in for a sharded parameter called ``name``.
         """
         std = self.config.init_std
-        for name, p in self.named_parameters():
-            if name.endswith(("norm.weight", "norm.bias")):
-                p.fill_(1.0 if name.endswith("weight") else 0.0)
-            elif name.endswith(("wo.weight", "w2.weight")):
-                nn.init.normal_(p, std=std / (2 * self.config.n_layers) ** 0.5)
-            else:
-                nn.init.normal_(p, std=std)
+        if name.endswith(("norm.weight", "norm.bias")):
+            p.fill_(1.0 if name.endswith("weight") else 0.0)
+        elif name.endswith(("wo.weight", "w2.weight")):
+            nn.init.normal_(p, std=std / (2 * self.config.n_layers) ** 0.5)
+        else:
+            nn.init.normal_(p, std=std)
 
     def forward(
         self,

@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
@@ -21,6 +22,7 @@ from anyseq.checkpoint import init_from_checkpoint, read_checkpoint
 from anyseq.config import ModelConfig
 from anyseq.kernels import linear_cross_entropy
 from anyseq.model import Transformer
+from anyseq.parallelize import build, check_activation_checkpointing
 from anyseq.vocab import MODALITIES, TokenSpace, TokenSpaceMismatch
 
 DEFAULT_PRESET = "tiny"  # the architecture when neither a preset nor init_from names one
@@ -53,6 +55,11 @@ class AnySeqModule(L.LightningModule):
         min_lr_ratio: final learning rate as a fraction of ``lr``.
         z_loss: coefficient of the z-loss ``log(Z)^2`` that keeps logits from drifting (Chameleon).
         modality_loss_weights: loss weight per target modality, e.g. ``{image: 1.0, text: 0.5}``.
+        activation_checkpointing: recompute every n-th block's activations in the backward
+            instead of storing them (1: every block, 0: off): about a third more compute for
+            most of the activation memory.
+        compile: ``torch.compile`` each transformer block (the Triton kernels are custom ops
+            inside the graph).
     """
 
     def __init__(
@@ -68,12 +75,15 @@ class AnySeqModule(L.LightningModule):
         min_lr_ratio: float = 0.1,
         z_loss: float = 0.0,
         modality_loss_weights: dict[str, float] | None = None,
+        activation_checkpointing: int = 0,
+        compile: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
         unknown = set(modality_loss_weights or {}) - set(MODALITIES)
         if unknown:
             raise ValueError(f"modality_loss_weights has unknown modalities {sorted(unknown)}; use {list(MODALITIES)}")
+        check_activation_checkpointing(activation_checkpointing)
         ModelConfig.from_preset(preset or DEFAULT_PRESET)  # fail at construction on an unknown preset
         self.model: Transformer | None = None
         self.space: TokenSpace | None = None
@@ -99,11 +109,44 @@ class AnySeqModule(L.LightningModule):
             self.space, self.tokenizers = self._data_space()
         source = self.hparams.init_from
         ckpt = read_checkpoint(source) if source else None
-        self.model = Transformer(self._architecture(ckpt).with_vocab(self.space.size))
-        if ckpt is not None:
-            ranges = init_from_checkpoint(self.model, self.space, ckpt, source)
+
+        def load(model: Transformer) -> None:
+            ranges = init_from_checkpoint(model, self.space, ckpt, source)
             rank_zero_info(f"init_from {source}: carried the weights and the embedding rows of "
                            f"{', '.join(ranges['carried'])}; fresh rows: {', '.join(ranges['fresh']) or 'none'}")
+
+        sharding, hp = self._sharding(), self.hparams
+        self.model = build(
+            self._architecture(ckpt).with_vocab(self.space.size),
+            **sharding,
+            activation_checkpointing=hp.activation_checkpointing,
+            compile=hp.compile,
+            load=load if ckpt is not None else None,
+        )
+        options = []
+        if sharding:
+            options.append(f"FSDP2 over {sharding['mesh'].size()} processes")
+        if hp.activation_checkpointing:
+            options.append(f"activation checkpointing every {hp.activation_checkpointing} block(s)")
+        if hp.compile:
+            options.append("torch.compile per block")
+        if options:
+            rank_zero_info(f"model: {', '.join(options)}")
+
+    def _sharding(self) -> dict[str, Any]:
+        """FSDP2's mesh, device and compute dtype under a ModelParallelStrategy; nothing otherwise."""
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, FSDPStrategy):
+            raise ValueError("strategy 'fsdp' (FSDP1, one flat unit) is not supported: use "
+                             "--trainer.strategy=fsdp2 (FSDP2, sharded block by block)")
+        if not isinstance(strategy, ModelParallelStrategy):
+            return {}
+        if self.device_mesh["tensor_parallel"].size() > 1:
+            raise ValueError(f"tensor_parallel_size={self.device_mesh['tensor_parallel'].size()}: anyseq shards "
+                             "with FSDP2 only; use --trainer.strategy=fsdp2 (data-parallel over every process)")
+        mixed = str(self.trainer.precision) == "bf16-mixed"  # gather and compute in bf16, reduce in fp32
+        return {"mesh": self.device_mesh["data_parallel"], "device": strategy.root_device,
+                "param_dtype": torch.bfloat16 if mixed else None}
 
     def _architecture(self, ckpt: dict[str, Any] | None) -> ModelConfig:
         """The preset's, or when fine-tuning the checkpoint's (its run options too, such as dropout),

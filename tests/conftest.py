@@ -1,5 +1,6 @@
 """Shared test setup (tests/ only: the repository root has no conftest.py, by design)."""
 
+import json
 import os
 
 import pytest
@@ -31,3 +32,35 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+SENTENCES = [
+    f"the {a} {b} {c} over the {d} {e}."
+    for a, b, c, d, e in [
+        ("quick", "fox", "jumps", "lazy", "dog"), ("small", "cat", "leaps", "sleepy", "owl"),
+        ("red", "hen", "flies", "old", "barn"), ("blue", "whale", "swims", "deep", "reef"),
+        ("green", "frog", "hops", "wet", "log"), ("tiny", "ant", "climbs", "tall", "tree"),
+        ("brave", "knight", "rides", "misty", "hill"), ("wise", "owl", "glides", "dark", "wood"),
+    ]
+]
+
+
+@pytest.fixture(scope="session")
+def sentences() -> list[str]:
+    return list(SENTENCES)
+
+
+@pytest.fixture(scope="session")
+def text_data(tmp_path_factory):
+    """A text tokenizer and token shards of SENTENCES: (folder, tokenizer)."""
+    from anyseq.cli import main as anyseq
+    from anyseq.tokenizers.text import TextTokenizer
+
+    root = tmp_path_factory.mktemp("text")
+    tok = TextTokenizer.train(SENTENCES * 10, vocab_size=300, output=root / "text.model")
+    manifest = root / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps({"id": f"s{i}", "text": s}) + "\n" for i, s in enumerate(SENTENCES * 8)))
+    rc = anyseq(["tokenize-dataset", "--manifest", str(manifest), "--out", str(root / "shards"),
+                 "--text-tokenizer", str(root / "text.model")])
+    assert rc == 0
+    return root, tok

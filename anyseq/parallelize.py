@@ -1,0 +1,164 @@
+"""Memory and parallelism options, applied to a built Transformer from outside it.
+
+torchtitan's recipe: the model is built on the meta device (no memory, no random draws), then
+activation checkpointing, ``torch.compile`` and FSDP2 sharding are applied block by block, and
+only then is it allocated. Sharded, each rank allocates only its shards and fills them with
+the values a single-device run of the same seed draws, so a sharded run starts where a DDP run
+does. The Lightning side is :class:`FSDP2Strategy` (``--trainer.strategy=fsdp2``).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from lightning.pytorch.strategies import ModelParallelStrategy, StrategyRegistry
+from torch.distributed.device_mesh import DeviceMesh
+from torch.utils.checkpoint import checkpoint
+
+from anyseq.config import ModelConfig
+from anyseq.helpers import exists
+from anyseq.model import Transformer
+
+
+def check_activation_checkpointing(every: int) -> int:
+    if every < 0:
+        raise ValueError(f"activation_checkpointing must be 0 (off) or n >= 1 (every n-th block), got {every}")
+    return every
+
+
+def apply_activation_checkpointing(model: Transformer, every: int) -> None:
+    """Recompute every ``every``-th block's activations in the backward instead of keeping them.
+
+    The block's ``forward`` is replaced rather than the module wrapped, so parameter names (and
+    so checkpoints) stay the same. Dropout replays the same masks (the RNG state is restored).
+    """
+    if not check_activation_checkpointing(every):
+        return
+    for block in model.layers[::every]:
+        block.forward = partial(checkpoint, block.forward, use_reentrant=False)
+
+
+def saved_activation_bytes(model: Transformer, step) -> int:
+    """Bytes autograd keeps for the backward while ``step()`` runs a forward and backward,
+    parameters excluded: what activation checkpointing trades compute for, on any device."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    total = 0
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        nonlocal total
+        if t.untyped_storage().data_ptr() not in params:
+            total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        step()
+    return total
+
+
+def apply_compile(model: Transformer) -> None:
+    """``torch.compile`` each block's forward (the blocks share one graph; FSDP hooks stay eager)."""
+    for block in model.layers:
+        block.forward = torch.compile(block.forward)
+
+
+def apply_fsdp(model: Transformer, mesh: DeviceMesh, param_dtype: torch.dtype | None = None) -> None:
+    """FSDP2: one shard group per block, the embedding, final norm and output in the root's group.
+
+    ``param_dtype`` (e.g. bf16) is the dtype parameters are gathered and computed in; gradients
+    are reduced in fp32.
+    """
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    last = len(model.layers) - 1
+    for i, block in enumerate(model.layers):
+        # the last block's parameters are needed again at once by the backward: keep them gathered
+        fully_shard(block, mesh=mesh, mp_policy=policy, reshard_after_forward=i < last)
+    fully_shard(model, mesh=mesh, mp_policy=policy, reshard_after_forward=False)
+
+
+@torch.no_grad()
+def init_sharded(model: Transformer, device: torch.device | str) -> None:
+    """Allocate a sharded meta-device model on ``device`` and fill each rank's shards.
+
+    Each parameter is drawn whole on the CPU, in the order ``init_weights`` draws them, and each
+    rank keeps its shard: the same values as an unsharded model, one full parameter in memory at
+    a time.
+    """
+    from torch.distributed.tensor import distribute_tensor
+
+    model.to_empty(device=device)  # FSDP2 keeps tied parameters tied
+    for name, p in model.named_parameters():
+        full = torch.empty(p.shape, dtype=p.dtype)
+        model.init_parameter(name, full)
+        p.to_local().copy_(distribute_tensor(full.to(p.device), p.device_mesh, p.placements).to_local())
+
+
+def materialize(model: Transformer, device: torch.device | str = "cpu") -> Transformer:
+    """Allocate a meta-device model whole on ``device`` and initialise it."""
+    model.to_empty(device=device)
+    if model.config.tie_embeddings:
+        model.tie_weights()
+    model.init_weights()
+    return model
+
+
+def build(
+    config: ModelConfig,
+    *,
+    mesh: DeviceMesh | None = None,
+    device: torch.device | str = "cpu",
+    activation_checkpointing: int = 0,
+    compile: bool = False,
+    param_dtype: torch.dtype | None = None,
+    load=None,
+) -> Transformer:
+    """The model for a training run, every option applied in torchtitan's order.
+
+    Args:
+        mesh: a 1-D data-parallel mesh to shard over with FSDP2; ``None`` keeps the model whole
+            (single device or DDP).
+        device: where a sharded model allocates its shards; a whole one is built on the CPU.
+        activation_checkpointing: recompute every n-th block in the backward (1: all; 0: off).
+        compile: ``torch.compile`` each block.
+        param_dtype: FSDP2's compute dtype for gathered parameters.
+        load: called with the whole, initialised model before anything is applied (fine-tuning
+            loads its checkpoint here); a sharded model then shards the loaded weights.
+    """
+    with torch.device("meta"):
+        model = Transformer(config)
+    sharded_init = exists(mesh) and not exists(load)
+    if not sharded_init:
+        materialize(model)
+        if exists(load):
+            load(model)
+    apply_activation_checkpointing(model, activation_checkpointing)
+    if compile:
+        apply_compile(model)
+    if exists(mesh):
+        apply_fsdp(model, mesh, param_dtype)
+        if sharded_init:
+            init_sharded(model, device)
+    return model
+
+
+class FSDP2Strategy(ModelParallelStrategy):
+    """Lightning's ModelParallelStrategy as plain FSDP2 over every process (no tensor parallelism).
+
+    Checkpoints are gathered into one file on rank 0 by default (what ``anyseq generate``,
+    ``export-hf`` and ``init_from`` read); ``save_distributed_checkpoint=True`` writes a folder of
+    per-rank shards instead, which only a sharded run can resume from.
+    """
+
+    def __init__(self, save_distributed_checkpoint: bool = False, **kwargs):
+        super().__init__(data_parallel_size="auto", tensor_parallel_size=1,
+                         save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
+
+    def setup_environment(self) -> None:
+        self._data_parallel_size = self.num_nodes * self.num_processes
+        super().setup_environment()
+
+
+if "fsdp2" not in StrategyRegistry:
+    StrategyRegistry.register("fsdp2", FSDP2Strategy, description="FSDP2 over every process (anyseq.parallelize)")

@@ -1,0 +1,126 @@
+"""Options applied from outside the model change memory and speed, never the numbers:
+activation checkpointing and torch.compile give the eager loss and gradients, a meta-device
+build draws the same weights every time, and FSDP2 on two CPU processes trains exactly as DDP
+does, through a resume, into a checkpoint that generation reads."""
+
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from anyseq.cli import main as anyseq
+from anyseq.config import ModelConfig
+from anyseq.parallelize import apply_activation_checkpointing, build
+from anyseq.parallelize import saved_activation_bytes as saved_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+VOCAB = 97
+
+
+def tiny(**overrides) -> ModelConfig:
+    return replace(ModelConfig.from_preset("tiny"), n_layers=4, **overrides).with_vocab(VOCAB)
+
+
+def batch(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, VOCAB, (2, 48), generator=g)
+    docs = torch.cat([torch.zeros(2, 30), torch.ones(2, 18)], 1).int()  # two packed documents
+    return ids, docs
+
+
+def loss_and_grads(model, ids, docs):
+    torch.manual_seed(1)  # the dropout masks
+    logits = model.logits(model(ids[:, :-1], docs[:, :-1]))
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), ids[:, 1:].flatten())
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+def saved_activation_bytes(model, ids, docs) -> int:
+    return saved_bytes(model, lambda: loss_and_grads(model, ids, docs))
+
+
+def fresh(config, **options):
+    torch.manual_seed(0)
+    return build(config, **options)
+
+
+def test_a_meta_device_build_draws_the_same_weights_every_time():
+    a, b = fresh(tiny(tie_embeddings=True)), fresh(tiny(tie_embeddings=True))
+    assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+    assert a.output.weight is a.tok_embeddings.weight  # materialising keeps the tie
+    assert a.layers[1].attention.wo.weight.std() < a.layers[1].attention.wq.weight.std()  # GPT-2's residual scaling
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients_and_keeps_a_tenth():
+    config, (ids, docs) = tiny(dropout=0.1), batch()
+    plain = fresh(config)
+    expected = loss_and_grads(plain, ids, docs)
+    kept = {}
+    for every in (1, 2):
+        model = fresh(config, activation_checkpointing=every)
+        assert list(model.state_dict()) == list(plain.state_dict())  # checkpoints stay interchangeable
+        loss, grads = loss_and_grads(model, ids, docs)
+        assert torch.equal(loss, expected[0])  # the dropout masks replay exactly
+        for name, grad in grads.items():
+            torch.testing.assert_close(grad, expected[1][name], rtol=0, atol=1e-7, msg=name)
+        kept[every] = saved_activation_bytes(model, ids, docs)
+    full = saved_activation_bytes(fresh(config), ids, docs)
+    assert kept[1] < 0.1 * full  # 4 blocks: only their inputs and the logits stay
+    assert 0.4 * full < kept[2] < 0.6 * full  # every other block
+    with pytest.raises(ValueError, match="every n-th block"):
+        apply_activation_checkpointing(plain, -1)
+
+
+def test_compiled_checkpointed_blocks_give_the_eager_loss_and_gradients():
+    """The GPU recipe's combination: each block compiled, its activations recomputed."""
+    config, (ids, docs) = tiny(), batch()
+    eager = loss_and_grads(fresh(config), ids, docs)
+    model = fresh(config, activation_checkpointing=1, compile=True)
+    loss, grads = loss_and_grads(model, ids, docs)
+    torch.testing.assert_close(loss, eager[0], rtol=1e-5, atol=1e-6)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, eager[1][name], rtol=1e-4, atol=1e-6, msg=name)
+    assert saved_activation_bytes(model, ids, docs) < 0.1 * saved_activation_bytes(fresh(config), ids, docs)
+
+
+# -- FSDP2 through anyseq fit, two CPU processes ---------------------------------------------------
+
+def fit(data, out, strategy, steps, extra=()):
+    args = [
+        "fit", "--config", str(ROOT / "configs/train/text_tiny.yaml"), f"--data.init_args.train=[{data}]",
+        "--data.init_args.seq_len=32", "--data.init_args.batch_size=4", "--trainer.devices=2",
+        f"--trainer.strategy={strategy}", f"--trainer.max_steps={steps}", f"--trainer.default_root_dir={out}",
+        "--trainer.enable_progress_bar=false", "--trainer.val_check_interval=null", "--trainer.limit_val_batches=0",
+        "--trainer.logger=false", "--model.init_args.max_steps=6",  # one schedule, wherever a run stops
+        "--model.init_args.model_overrides={tie_embeddings: true, dropout: 0.1}", *extra,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "anyseq.cli", *args], cwd=out.parent, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stderr
+
+
+def weights(run_dir):
+    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+
+
+def test_fsdp2_on_two_cpu_processes_trains_as_ddp_does_and_resumes_exactly(text_data, tmp_path):
+    text_shards = text_data[0] / "shards"
+    ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
+    fit(text_shards, ddp, "ddp", 6)
+    log = fit(text_shards, fsdp, "fsdp2", 3, ["--model.init_args.activation_checkpointing=1"])
+    assert "model: FSDP2 over 2 processes, activation checkpointing every 1 block(s)" in log
+    fit(text_shards, fsdp, "fsdp2", 6, ["--model.init_args.activation_checkpointing=1", "--ckpt_path=last"])
+    expected, got = weights(ddp), weights(fsdp)
+    assert list(got) == list(expected)
+    for name in expected:  # sharded init, gradient reduce-scatter, optimizer state through the resume
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
+    # one full checkpoint file, which generation reads as it reads any other
+    assert anyseq(["generate", "--checkpoint", str(fsdp / "checkpoints" / "last.ckpt"), "--text", "the",
+                   "--to", "text", "--max-text-tokens", "4", "--stdout"]) == 0
