@@ -123,4 +123,5 @@ def test_fsdp2_on_two_cpu_processes_trains_as_ddp_does_and_resumes_exactly(text_
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
     # one full checkpoint file, which generation reads as it reads any other
     assert anyseq(["generate", "--checkpoint", str(fsdp / "checkpoints" / "last.ckpt"), "--text", "the",
-                   "--to", "text", "--max-text-tokens", "4", "--stdout"]) == 0
+                   "--to", "text", "--max-text-tokens", "4", "--out", str(tmp_path / "samples")]) == 0
+    assert (tmp_path / "samples" / "samples.jsonl").exists()
