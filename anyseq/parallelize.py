@@ -4,7 +4,7 @@ torchtitan's recipe: the model is built on the meta device (no memory, no random
 activation checkpointing, ``torch.compile`` and FSDP2 sharding are applied block by block, and
 only then is it allocated. Sharded, each rank allocates only its shards and fills them with
 the values a single-device run of the same seed draws, so a sharded run starts where a DDP run
-does. The Lightning side is :class:`FSDP2Strategy` (``--trainer.strategy=fsdp2``).
+does. Plain PyTorch; the Lightning side is ``anyseq.strategy`` (``--trainer.strategy=fsdp2``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-from lightning.pytorch.strategies import ModelParallelStrategy, StrategyRegistry
 from torch.distributed.device_mesh import DeviceMesh
 from torch.utils.checkpoint import checkpoint
 
@@ -141,24 +140,3 @@ def build(
         if sharded_init:
             init_sharded(model, device)
     return model
-
-
-class FSDP2Strategy(ModelParallelStrategy):
-    """Lightning's ModelParallelStrategy as plain FSDP2 over every process (no tensor parallelism).
-
-    Checkpoints are gathered into one file on rank 0 by default (what ``anyseq generate``,
-    ``export-hf`` and ``init_from`` read); ``save_distributed_checkpoint=True`` writes a folder of
-    per-rank shards instead, which only a sharded run can resume from.
-    """
-
-    def __init__(self, save_distributed_checkpoint: bool = False, **kwargs):
-        super().__init__(data_parallel_size="auto", tensor_parallel_size=1,
-                         save_distributed_checkpoint=save_distributed_checkpoint, **kwargs)
-
-    def setup_environment(self) -> None:
-        self._data_parallel_size = self.num_nodes * self.num_processes
-        super().setup_environment()
-
-
-if "fsdp2" not in StrategyRegistry:
-    StrategyRegistry.register("fsdp2", FSDP2Strategy, description="FSDP2 over every process (anyseq.parallelize)")

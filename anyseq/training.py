@@ -23,6 +23,7 @@ from anyseq.config import ModelConfig
 from anyseq.kernels import linear_cross_entropy
 from anyseq.model import Transformer
 from anyseq.parallelize import build, check_activation_checkpointing
+from anyseq.strategy import FSDP2Strategy  # noqa: F401  (registers --trainer.strategy=fsdp2)
 from anyseq.vocab import MODALITIES, TokenSpace, TokenSpaceMismatch
 
 DEFAULT_PRESET = "tiny"  # the architecture when neither a preset nor init_from names one

@@ -125,3 +125,19 @@ def test_fsdp2_on_two_cpu_processes_trains_as_ddp_does_and_resumes_exactly(text_
     assert anyseq(["generate", "--checkpoint", str(fsdp / "checkpoints" / "last.ckpt"), "--text", "the",
                    "--to", "text", "--max-text-tokens", "4", "--out", str(tmp_path / "samples")]) == 0
     assert (tmp_path / "samples" / "samples.jsonl").exists()
+
+
+def test_the_activation_checkpointing_benchmark_runs_and_reports_ratios(tmp_path, monkeypatch):
+    import importlib.util
+    import json
+
+    path = ROOT / "scripts" / "bench_activation_checkpointing.py"
+    spec = importlib.util.spec_from_file_location("bench_activation_checkpointing", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "ac.json"
+    monkeypatch.setattr(sys, "argv", ["bench", "--presets", "tiny", "--seq", "64", "--steps", "1", "--out", str(out)])
+    bench.main()
+    rows = json.loads(out.read_text())[0]["rows"]
+    assert [r["activation_checkpointing"] for r in rows] == [0, 2, 1]
+    assert rows[0]["saved_ratio"] == 1.0 > rows[1]["saved_ratio"] > rows[2]["saved_ratio"]
