@@ -95,9 +95,14 @@ def load_bundle(
     meta = ckpt["anyseq"]
     config = ModelConfig(**meta["model_config"])
     space = TokenSpace.from_dict(meta["token_space"])
-    model = Transformer(config)
-    model.load_state_dict(model_state(ckpt))
-    model.to(device=device, dtype=dtype).eval()
+    with torch.device("meta"):  # no random init of weights about to be replaced (minutes at 7B)
+        model = Transformer(config)
+    # copies on the target device: the model must not live in the memory-mapped file
+    state = {k: v.to(device=device, dtype=dtype, copy=True) for k, v in model_state(ckpt).items()}
+    model.load_state_dict(state, assign=True)
+    if config.tie_embeddings:
+        model.tie_weights()  # assigning gave the two names separate parameters
+    model.eval()
     overrides = {k: v for k, v in (tokenizer_paths or {}).items() if v}
     return Bundle(model, space, dict(meta.get("tokenizers") or {}), overrides)
 

@@ -195,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--stdout", action="store_true", help="also print text outputs")
     o.add_argument("--video-format", choices=["gif", "mp4"], default="gif")
     o.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    o.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="the transformer's dtype (default: bfloat16 on CUDA, float32 elsewhere)")
     t = p.add_argument_group("tokenizer locations (when moved since training)")
     t.add_argument("--text-tokenizer")
     t.add_argument("--visual-tokenizer")
@@ -235,9 +237,11 @@ def generate_ids(
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    dtype = args.dtype or ("bfloat16" if torch.device(args.device).type == "cuda" else "float32")
     bundle = load_bundle(
         args.checkpoint,
         device=args.device,
+        dtype=getattr(torch, dtype),
         tokenizer_paths={"text": args.text_tokenizer, "visual": args.visual_tokenizer, "audio": args.audio_tokenizer},
     )
     prompt_spec = [("text", Path(v).read_text()) if kind == "text_file" else (kind, v) for kind, v in (args.prompt or [])]
@@ -267,6 +271,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 "new_tokens": len(ids),
                 "seconds": round(seconds, 4),
                 "kv_cache": not args.no_cache,
+                "dtype": dtype,
             }
             log.write(json.dumps(record) + "\n")
             records.append(record)

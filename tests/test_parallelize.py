@@ -122,6 +122,11 @@ def test_fsdp2_on_two_cpu_processes_trains_as_ddp_does_and_resumes_exactly(text_
     for name in expected:  # sharded init, gradient reduce-scatter, optimizer state through the resume
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
     # one full checkpoint file, which generation reads as it reads any other
+    from anyseq.checkpoint import load_bundle
+
+    model = load_bundle(fsdp / "checkpoints" / "last.ckpt").model
+    assert model.output.weight is model.tok_embeddings.weight
+    torch.testing.assert_close(model.output.weight, expected["model.output.weight"], rtol=0, atol=1e-6)
     assert anyseq(["generate", "--checkpoint", str(fsdp / "checkpoints" / "last.ckpt"), "--text", "the",
                    "--to", "text", "--max-text-tokens", "4", "--out", str(tmp_path / "samples")]) == 0
     assert (tmp_path / "samples" / "samples.jsonl").exists()

@@ -63,6 +63,12 @@ def test_tiny_model_memorises_text_and_generate_reproduces_it(text_data, sentenc
     assert "tokens/s" in captured.err
     record = json.loads((out / "samples.jsonl").read_text().splitlines()[0])
     assert record["to"] == "text" and record["new_tokens"] > 0 and record["kv_cache"] is True
+    assert record["dtype"] == "float32"
+    # in bfloat16 (the CUDA default) the memorised continuation survives the rounding
+    rc = anyseq(["generate", "--checkpoint", str(ckpt), "--text", "the blue whale", "--temperature", "0",
+                 "--max-text-tokens", "32", "--out", str(out), "--stdout", "--dtype", "bfloat16"])
+    assert rc == 0 and " swims over the deep reef." in capsys.readouterr().out
+    assert bundle.model.tok_embeddings.weight.dtype == torch.float32
 
 
 def final_loss(root, steps, resume_from=None, ckpt_dir=None, save_at=None, save_end=None, **module_args):
