@@ -97,7 +97,8 @@ def fit(data, out, strategy, steps, extra=()):
         f"--trainer.strategy={strategy}", f"--trainer.max_steps={steps}", f"--trainer.default_root_dir={out}",
         "--trainer.enable_progress_bar=false", "--trainer.val_check_interval=null", "--trainer.limit_val_batches=0",
         "--trainer.logger=false", "--model.init_args.max_steps=6",  # one schedule, wherever a run stops
-        "--model.init_args.model_overrides={tie_embeddings: true, dropout: 0.1}", "--trainer.gradient_clip_val=0.5",  # engaged: the norm starts near 1.1
+        "--model.init_args.model_overrides={tie_embeddings: true, dropout: 0.1}",
+        "--trainer.gradient_clip_val=0.5",  # engaged: the gradient norm starts near 1.1
         *extra,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
