@@ -8,6 +8,7 @@ fingerprints so a retrained tokenizer is never silently paired with an older mod
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,13 +72,42 @@ class Bundle:
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """An AnySeqModule checkpoint as a dict (tensors memory-mapped), or a clear error."""
+    """An AnySeqModule checkpoint as a dict (tensors memory-mapped), or a clear error.
+
+    Either one file, or the folder of per-rank shards that ``fsdp2`` writes with
+    ``save_distributed_checkpoint=true`` (only its weights are read, not the optimizer's state).
+    """
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        ckpt = read_sharded_checkpoint(path)
+    elif not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found (anyseq fit writes them under its log dir)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)  # our own Lightning checkpoint
+    else:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)  # our own Lightning checkpoint
     if "anyseq" not in ckpt:
         raise ValueError(f"{path}: not an anyseq checkpoint (no 'anyseq' section); was it written by AnySeqModule?")
+    return ckpt
+
+
+def read_sharded_checkpoint(path: Path) -> dict[str, Any]:
+    """A distributed checkpoint folder (torch.distributed.checkpoint shards + Lightning's meta.pt)
+    as the dict a single file holds, with the full weights assembled in this one process."""
+    import torch.distributed.checkpoint as dcp
+
+    missing = [name for name in (".metadata", "meta.pt") if not (path / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path}: a folder, but not a distributed checkpoint (no {', '.join(missing)}); "
+                                "give a .ckpt file or the folder fsdp2 writes with save_distributed_checkpoint=true")
+    ckpt = torch.load(path / "meta.pt", map_location="cpu", weights_only=False)
+    stored = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
+    prefix = "state_dict."
+    weights = {key.removeprefix(prefix): torch.empty(meta.size, dtype=meta.properties.dtype)
+               for key, meta in stored.items() if key.startswith(prefix)}
+    state = {"state_dict": weights}
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(state, checkpoint_id=path)  # one process reads every rank's shards
+    ckpt["state_dict"] = state["state_dict"]
     return ckpt
 
 

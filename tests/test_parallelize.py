@@ -108,30 +108,35 @@ def fit(data, out, strategy, steps, extra=()):
     return run.stderr
 
 
-def weights(run_dir):
-    return torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
-
-
 def test_fsdp2_on_two_cpu_processes_trains_as_ddp_does_and_resumes_exactly(text_data, tmp_path):
+    """Stopped at step 3 (one full checkpoint file), resumed from it to step 6 writing per-rank
+    shards instead: the weights are DDP's, and every reader takes both kinds of checkpoint."""
+    from anyseq.checkpoint import load_bundle, read_checkpoint
+
     text_shards = text_data[0] / "shards"
-    ddp, fsdp = tmp_path / "ddp", tmp_path / "fsdp"
+    ddp, fsdp, sharded = tmp_path / "ddp", tmp_path / "fsdp", tmp_path / "sharded"
     fit(text_shards, ddp, "ddp", 6)
     log = fit(text_shards, fsdp, "fsdp2", 3, ["--model.init_args.activation_checkpointing=1"])
     assert "model: FSDP2 over 2 processes, activation checkpointing every 1 block(s)" in log
-    fit(text_shards, fsdp, "fsdp2", 6, ["--model.init_args.activation_checkpointing=1", "--ckpt_path=last"])
-    expected, got = weights(ddp), weights(fsdp)
-    assert list(got) == list(expected)
-    for name in expected:  # sharded init, gradient reduce-scatter, optimizer state through the resume
+    stopped = fsdp / "checkpoints" / "last.ckpt"
+    assert stopped.is_file()
+    model = load_bundle(stopped).model
+    assert model.output.weight is model.tok_embeddings.weight  # loading re-ties
+    fit(text_shards, sharded, "anyseq.strategy.FSDP2Strategy", 6, [
+        "--trainer.strategy.save_distributed_checkpoint=true", "--model.init_args.activation_checkpointing=1",
+        f"--ckpt_path={stopped}"])
+    folder = sharded / "checkpoints" / "last.ckpt"
+    assert folder.is_dir() and len(list(folder.glob("*.distcp"))) == 2
+    expected = torch.load(ddp / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    got = read_checkpoint(folder)["state_dict"]
+    assert sorted(got) == sorted(expected)
+    for name in expected:  # sharded init, gradient reduce-scatter and clipping, optimizer state through the resume
         torch.testing.assert_close(got[name], expected[name], rtol=0, atol=1e-6, msg=name)
-    # one full checkpoint file, which generation reads as it reads any other
-    from anyseq.checkpoint import load_bundle
-
-    model = load_bundle(fsdp / "checkpoints" / "last.ckpt").model
-    assert model.output.weight is model.tok_embeddings.weight
-    torch.testing.assert_close(model.output.weight, expected["model.output.weight"], rtol=0, atol=1e-6)
-    assert anyseq(["generate", "--checkpoint", str(fsdp / "checkpoints" / "last.ckpt"), "--text", "the",
-                   "--to", "text", "--max-text-tokens", "4", "--out", str(tmp_path / "samples")]) == 0
+    assert anyseq(["generate", "--checkpoint", str(folder), "--text", "the", "--to", "text",
+                   "--max-text-tokens", "4", "--out", str(tmp_path / "samples")]) == 0
     assert (tmp_path / "samples" / "samples.jsonl").exists()
+    with pytest.raises(FileNotFoundError, match="not a distributed checkpoint"):
+        read_checkpoint(tmp_path)
 
 
 def test_the_activation_checkpointing_benchmark_runs_and_reports_ratios(tmp_path, monkeypatch):
