@@ -40,7 +40,7 @@ CONFIGS = Path(anyseq.__file__).resolve().parents[1] / "configs"
 
 @dataclass(frozen=True)
 class Plan:
-    """Sizes of one demo run. ``default`` finishes on an idle 2-core CPU in about 13.5 minutes."""
+    """Sizes of one demo run. ``default`` finishes on an idle 2-core CPU in about 14 minutes."""
 
     n_images: int = 2400
     n_videos: int = 800
@@ -81,9 +81,19 @@ PLANS = {
 # stages: each returns a JSON-able summary and is skipped when progress.json says it finished
 # ---------------------------------------------------------------------------------------------
 class Progress:
-    def __init__(self, out: Path):
+    """Finished stages of one plan; a folder made with another plan is refused, not mixed in."""
+
+    def __init__(self, out: Path, plan: Plan):
         self.path = out / "progress.json"
         self.done: dict[str, Any] = json.loads(self.path.read_text()) if self.path.exists() else {}
+        plan_file, wanted = out / "plan.json", json.loads(json.dumps(asdict(plan)))  # tuples as JSON has them
+        if self.done:
+            saved = json.loads(plan_file.read_text()) if plan_file.exists() else None
+            if saved != wanted:
+                differ = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v} if saved else "no plan.json"
+                raise SystemExit(f"anyseq demo: {out} holds stages of another plan (field: (saved, this run's) "
+                                 f"{differ}); rerun with --fresh to start over, or choose another --out")
+        plan_file.write_text(json.dumps(wanted, indent=2))
 
     def run(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         if name in self.done:
@@ -442,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     device = args.device or ("cuda" if args.gpu else "cpu")
-    progress = Progress(out)
+    progress = Progress(out, plan)
     w = progress.run("world", lambda: stage_world(out, plan))
     manifest, held_out = Path(w["manifest"]), Path(w["held_out"])
     text = progress.run("text_tokenizer", lambda: stage_text_tokenizer(out, manifest))

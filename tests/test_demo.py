@@ -58,6 +58,11 @@ def test_rerun_resumes_without_redoing_finished_stages(demo, capsys):
         assert f"[demo] {stage}: already done" in out
 
 
+def test_a_folder_made_with_another_plan_is_refused_not_mixed_in(demo):
+    with pytest.raises(SystemExit, match=r"another plan .*n_images.*--fresh"):
+        anyseq(["demo", "--out", str(demo)])  # the default plan over the quick one's stages
+
+
 @pytest.mark.parametrize(
     "prompt,to,extra,suffix",
     [
