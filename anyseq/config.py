@@ -100,9 +100,13 @@ class ModelConfig:
         return self.n_layers * block + d + (emb if embeddings else 0)
 
     def flops_per_token(self, seq_len: int) -> float:
-        """Training FLOPs per token (forward + backward), PaLM appendix B convention."""
-        n = self.num_params(embeddings=False) + (0 if self.tie_embeddings else self.vocab_size * self.dim)
-        return 6 * n + 12 * self.n_layers * self.dim * seq_len
+        """Training FLOPs per token (forward + backward), PaLM appendix B convention.
+
+        Every matmul weight counts: the blocks and the output projection (a matmul whether or not
+        it shares its weight with the embedding, whose lookup costs nothing).
+        """
+        n = self.num_params(embeddings=False) + self.vocab_size * self.dim
+        return 6 * n + 12 * self.n_layers * self.n_heads * self.head_dim * seq_len
 
 
 RUN_OPTIONS = ("vocab_size", "max_seq_len", "dropout", "init_std")

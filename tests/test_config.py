@@ -66,3 +66,13 @@ def test_every_preset_builds_on_meta():
     for name, config in PRESETS.items():
         with torch.device("meta"):
             assert Transformer(config).num_params() == config.num_params(), name
+
+
+def test_training_flops_count_every_matmul_the_head_too_tied_or_not():
+    """PaLM's 6N + 12 L d T: N is every parameter a matmul uses (all but the embedding lookup)."""
+    untied = ModelConfig.from_preset("llama2-7b")
+    n_matmul = untied.num_params() - untied.vocab_size * untied.dim
+    assert untied.flops_per_token(4096) == 6 * n_matmul + 12 * 32 * 4096 * 4096
+    tied = ModelConfig.from_preset("100m")
+    assert tied.tie_embeddings and tied.flops_per_token(1024) == ModelConfig(
+        **{**tied.to_dict(), "tie_embeddings": False}).flops_per_token(1024)
