@@ -106,7 +106,8 @@ def sample(
     if longest > model.config.max_seq_len:
         raise ValueError(
             f"prompt + {max_new_tokens} new tokens = {longest} > the model's context of {model.config.max_seq_len}; "
-            "shorten the prompt or ask for a smaller output"
+            "shorten the prompt (prompt images and videos: anyseq generate --image-size resizes them) or ask for "
+            "a smaller output"
         )
     model.eval()
     ids, pads = left_pad(rows, pad_id)

@@ -15,7 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor
 
 from anyseq.checkpoint import init_from_checkpoint, read_checkpoint
@@ -157,7 +157,12 @@ class AnySeqModule(L.LightningModule):
         preset = self.hparams.preset
         if ckpt is None:
             return ModelConfig.from_preset(preset or DEFAULT_PRESET, **overrides)
-        config = replace(ModelConfig(**ckpt["anyseq"]["model_config"]), **overrides)
+        saved = ModelConfig(**ckpt["anyseq"]["model_config"])
+        config = replace(saved, **overrides)
+        changed = saved.architecture_differences(config)
+        if changed:  # e.g. rope_theta for a longer context: allowed, but never silently
+            rank_zero_warn(f"init_from {self.hparams.init_from}: model_overrides change what the checkpoint's weights "
+                           f"mean (field: (checkpoint's, now) {changed})")
         differ = ModelConfig.from_preset(preset, **overrides).architecture_differences(config) if preset else {}
         if differ:
             raise ValueError(f"init_from {self.hparams.init_from}: preset {preset!r} is not the checkpoint's "

@@ -133,6 +133,8 @@ def test_fine_tuning_starts_from_the_checkpoint(text_data, tmp_path):
         final_loss(root, 1, init_from=ckpt, preset="small")
     with pytest.raises(ValueError, match="architecture differs.*layers.2"):
         final_loss(root, 1, init_from=ckpt, preset=None, model_overrides={"n_layers": 3})
+    with pytest.warns(UserWarning, match=r"change what the checkpoint's weights mean.*rope_theta"):
+        final_loss(root, 1, init_from=ckpt, preset=None, model_overrides={"rope_theta": 5e5})
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         final_loss(root, 1, init_from=str(tmp_path / "nope.ckpt"))
 

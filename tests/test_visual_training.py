@@ -34,6 +34,7 @@ RECIPE = ROOT / "configs/tokenizer/visual_tiny.yaml"
 def tiny_recipe(**overrides) -> VisualTokenizerModule:
     """The module of configs/tokenizer/visual_tiny.yaml, with some arguments changed."""
     args = dict(yaml.safe_load(RECIPE.read_text())["model"]["init_args"])
+    args.pop("export_dir")  # the recipe's runs/ folder: a test exports only where it says
     args["tokenizer"] = config_from_dict(VisualTokenizerConfig, args["tokenizer"])
     return VisualTokenizerModule(**{**args, **overrides})
 
