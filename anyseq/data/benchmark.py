@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="width of the untrained tokenizers (small: the CPU run then shows the decoding side)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--records-per-shard", type=int, default=250)
-    p.add_argument("--out", default="bench/tokenize", help="work folder (overwritten)")
+    p.add_argument("--out", default="runs/bench_tokenize", help="work folder (overwritten; results.json lands there)")
     args = p.parse_args(argv)
     root = Path(args.out)
     shutil.rmtree(root, ignore_errors=True)
