@@ -90,7 +90,8 @@ def test_compiled_checkpointed_blocks_give_the_eager_loss_and_gradients():
 
 # -- FSDP2 through anyseq fit, two CPU processes ---------------------------------------------------
 
-def fit(data, out, strategy, steps, extra=()):
+def fit(data, out, strategy, steps, extra=(), ok=True):
+    """``anyseq fit`` on two CPU processes; its stderr (which must report success if ``ok``)."""
     args = [
         "fit", "--config", str(ROOT / "configs/train/text_tiny.yaml"), f"--data.init_args.train=[{data}]",
         "--data.init_args.seq_len=32", "--data.init_args.batch_size=4", "--trainer.devices=2",
@@ -104,7 +105,7 @@ def fit(data, out, strategy, steps, extra=()):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     run = subprocess.run([sys.executable, "-m", "anyseq.cli", *args], cwd=out.parent, env=env,
                          capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stderr[-3000:]
+    assert (run.returncode == 0) == ok, run.stderr[-3000:]
     return run.stderr
 
 
@@ -135,8 +136,16 @@ def test_fsdp2_on_two_cpu_processes_trains_as_ddp_does_and_resumes_exactly(text_
     assert anyseq(["generate", "--checkpoint", str(folder), "--text", "the", "--to", "text",
                    "--max-text-tokens", "4", "--out", str(tmp_path / "samples")]) == 0
     assert (tmp_path / "samples" / "samples.jsonl").exists()
+    assert anyseq(["export-hf", "--checkpoint", str(folder), "--out", str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "model.safetensors").is_file()
     with pytest.raises(FileNotFoundError, match="not a distributed checkpoint"):
         read_checkpoint(tmp_path)
+
+
+def test_tensor_parallelism_is_refused_with_what_to_use(text_data, tmp_path):
+    log = fit(text_data[0] / "shards", tmp_path / "tp", "lightning.pytorch.strategies.ModelParallelStrategy", 1,
+              ["--trainer.strategy.tensor_parallel_size=2", "--trainer.strategy.data_parallel_size=1"], ok=False)
+    assert "tensor_parallel_size=2: anyseq shards with FSDP2 only; use --trainer.strategy=fsdp2" in log
 
 
 def test_the_activation_checkpointing_benchmark_runs_and_reports_ratios(tmp_path, monkeypatch):

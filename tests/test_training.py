@@ -71,12 +71,13 @@ def test_tiny_model_memorises_text_and_generate_reproduces_it(text_data, sentenc
     assert bundle.model.tok_embeddings.weight.dtype == torch.float32
 
 
-def final_loss(root, steps, resume_from=None, ckpt_dir=None, save_at=None, save_end=None, **module_args):
+def final_loss(root, steps, resume_from=None, ckpt_dir=None, save_at=None, save_end=None, callbacks=(),
+               **module_args):
     from anyseq.data.datamodule import ShardDataModule
     from anyseq.training import AnySeqModule
 
     L.seed_everything(0)
-    callbacks = []
+    callbacks = list(callbacks)
     if save_at:
         callbacks.append(L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=save_at, save_top_k=-1))
     losses = []
@@ -106,6 +107,16 @@ def test_resume_is_exact(text_data, tmp_path):
     second = final_loss(root, 8, resume_from=str(ckpt))
     assert first == straight[:4]
     assert second == straight[4:]
+
+
+def test_throughput_prints_one_metrics_line_per_interval(text_data, capsys):
+    from anyseq.throughput import Throughput
+
+    final_loss(text_data[0], 4, callbacks=[Throughput(log_every=2)])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == ["2", "4"]
+    for line in lines:  # no MFU on a CPU: no peak to divide by
+        assert "loss" in line and "tokens/s" in line and "TFLOP/s" in line and "MFU" not in line
 
 
 def test_resume_after_a_run_stopped_by_max_steps_is_exact(text_data, tmp_path):
