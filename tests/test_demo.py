@@ -69,6 +69,7 @@ def test_a_folder_made_with_another_plan_is_refused_not_mixed_in(demo):
         (["--text", "a small red circle at the top left"], "image", ["--height", "4", "--width", "4", "--cfg", "2"], ".png"),
         (["--image", "held_out/images/000000.png"], "text", [], ".txt"),
         (["--text", "a blue square moving left"], "video", ["--height-px", "32", "--width-px", "32", "--frames", "5"], ".gif"),
+        (["--text", "a red circle moving up"], "video", ["--height", "2", "--width", "2", "--video-format", "mp4"], ".mp4"),
         (["--audio", "held_out/audio/000000.wav", "--text", "and"], "text", [], ".txt"),
         (["--text", "a rising tone"], "audio", ["--seconds", "0.4"], ".wav"),
     ],

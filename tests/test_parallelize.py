@@ -88,6 +88,29 @@ def test_compiled_checkpointed_blocks_give_the_eager_loss_and_gradients():
     assert saved_activation_bytes(model, ids, docs) < 0.1 * saved_activation_bytes(fresh(config), ids, docs)
 
 
+def test_fsdp2_in_one_process_draws_the_unsharded_weights_and_computes_in_bf16(tmp_path):
+    """bf16-mixed's policy: blocks gather and compute in bf16, the stored shards and their
+    gradients stay fp32."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor
+
+    config, (ids, docs) = tiny(), batch()
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    try:
+        model = fresh(config, mesh=init_device_mesh("cpu", (1,)), param_dtype=torch.bfloat16)
+        whole = fresh(config)
+        for (name, p), q in zip(model.named_parameters(), whole.parameters()):
+            assert isinstance(p, DTensor) and torch.equal(p.full_tensor(), q), name
+        seen = []
+        model.layers[0].attention.wq.register_forward_hook(lambda m, i, o: seen.append((m.weight.dtype, o.dtype)))
+        loss, grads = loss_and_grads(model, ids, docs)
+        assert seen == [(torch.bfloat16, torch.bfloat16)] and torch.isfinite(loss)
+        assert {p.dtype for p in model.parameters()} == {g.dtype for g in grads.values()} == {torch.float32}
+    finally:
+        dist.destroy_process_group()
+
+
 # -- FSDP2 through anyseq fit, two CPU processes ---------------------------------------------------
 
 def fit(data, out, strategy, steps, extra=(), ok=True):
