@@ -1,90 +1,19 @@
 """anyseq.world + anyseq.judges: a deterministic synthetic world whose judges recover what was drawn."""
 
-import io
 import itertools
 import json
 
 import numpy as np
 import pytest
-import torch
-import torchaudio.functional as AF
-from PIL import Image, ImageFilter
 
 from anyseq import media
 from anyseq import world as W
-from anyseq.judges import judge, judge_caption, judge_image, judge_sound, judge_video
+from anyseq.judge_robustness import IMAGE_DEGRADATIONS, SOUND_DEGRADATIONS, accuracy
+from anyseq.judges import judge_caption, judge_image, judge_sound, judge_video
 
 ALL_IMAGE_SCENES = [W.ImageScene(*v) for v in itertools.product(W.COLOURS, W.SHAPES, W.SIZES, W.POSITIONS)]
 ALL_VIDEO_SCENES = [W.VideoScene(*v) for v in itertools.product(W.COLOURS, W.SHAPES, W.DIRECTIONS)]
 ALL_SOUND_SCENES = [W.SoundScene(p) for p in W.PATTERNS]
-
-
-# ----------------------------------------------------------------------------- degradations
-# stand-ins for what a tokenizer reconstruction or a lossy codec does to the media
-
-
-def blur(x, rng):
-    return np.asarray(Image.fromarray(x).filter(ImageFilter.GaussianBlur(1.0)))
-
-
-def jpeg(x, rng):
-    buffer = io.BytesIO()
-    Image.fromarray(x).save(buffer, "JPEG", quality=30)
-    return np.asarray(Image.open(buffer).convert("RGB"))
-
-
-def noise(x, rng):
-    return np.clip(x + rng.normal(0, 12, x.shape), 0, 255).astype(np.uint8)
-
-
-def down_up(x, rng):
-    size = x.shape[0]
-    small = Image.fromarray(x).resize((size // 2, size // 2), Image.BILINEAR)
-    return np.asarray(small.resize((size, size), Image.BILINEAR))
-
-
-IMAGE_DEGRADATIONS = {"blur": blur, "jpeg": jpeg, "noise": noise, "down_up": down_up}
-
-
-def white_noise_0db(x, rng):
-    return x + rng.normal(0, np.sqrt((x**2).mean()), x.shape)
-
-
-def resample_8k(x, rng):
-    return AF.resample(AF.resample(torch.from_numpy(x), 16000, 8000), 8000, 16000).numpy()
-
-
-def quantise_6bit(x, rng):
-    return np.round(x * 32) / 32
-
-
-def quiet(x, rng):
-    return 0.1 * x
-
-
-SOUND_DEGRADATIONS = {
-    "noise_0db": white_noise_0db, "resample_8k": resample_8k, "quantise_6bit": quantise_6bit, "quiet": quiet,
-}  # fmt: skip
-
-
-def accuracy(kind, n, seed, degrade=None, **render):
-    """Share of n random scenes (seeded) whose judged scene equals the drawn one."""
-    rng = np.random.default_rng(seed)
-    sample = {"image": W.sample_image_scene, "video": W.sample_video_scene, "audio": W.sample_sound_scene}[kind]
-    correct = 0
-    for _ in range(n):
-        scene = sample(rng)
-        if kind == "image":
-            x = W.render_image(scene, rng=rng, **render)
-            x = degrade(x, rng) if degrade else x
-        elif kind == "video":
-            x = W.render_video(scene, rng=rng, **render)
-            x = np.stack([degrade(f, rng) for f in x]) if degrade else x
-        else:
-            x = W.render_sound(scene, rng=rng, **render)
-            x = degrade(x, rng) if degrade else x
-        correct += judge(kind, x, render.get("sample_rate", 16000)) == scene
-    return correct / n
 
 
 # ----------------------------------------------------------------------------- world
@@ -245,3 +174,13 @@ def test_write_world_is_reproducible_and_prefix_stable(tmp_path):
     assert other.read_text() != small.read_text() or (other.parent / "images/000000.png").read_bytes() != (
         small.parent / "images/000000.png"
     ).read_bytes()
+
+
+def test_the_judges_table_command_writes_every_cell(tmp_path):
+    from anyseq.judge_robustness import main
+
+    assert main(["--images", "6", "--videos", "2", "--sounds", "6", "--out", str(tmp_path / "judges.json")]) == 0
+    cells = json.loads((tmp_path / "judges.json").read_text())["accuracy"]
+    assert set(cells["image"]) == set(cells["video"]) == {"clean", *IMAGE_DEGRADATIONS}
+    assert set(cells["audio"]) == {"clean", *SOUND_DEGRADATIONS}
+    assert all(0.0 <= v <= 1.0 for row in cells.values() for v in row.values())
