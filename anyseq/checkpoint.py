@@ -130,8 +130,7 @@ def load_bundle(
     # copies on the target device: the model must not live in the memory-mapped file
     state = {k: v.to(device=device, dtype=dtype, copy=True) for k, v in model_state(ckpt).items()}
     model.load_state_dict(state, assign=True)
-    if config.tie_embeddings:
-        model.tie_weights()  # assigning gave the two names separate parameters
+    model.tie_weights()  # assigning gave the two names separate parameters
     model.eval()
     overrides = {k: v for k, v in (tokenizer_paths or {}).items() if v}
     return Bundle(model, space, dict(meta.get("tokenizers") or {}), overrides)

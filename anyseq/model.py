@@ -154,13 +154,14 @@ class Transformer(nn.Module):
         self.layers = nn.ModuleList(Block(config, i) for i in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.output = nn.Linear(config.dim, config.vocab_size, bias=False)
-        if config.tie_embeddings:
-            self.tie_weights()
+        self.tie_weights()
         self.init_weights()
 
     def tie_weights(self) -> None:
-        """Share the output projection with the embedding (again after ``to_empty``, which unties)."""
-        self.output.weight = self.tok_embeddings.weight
+        """With ``tie_embeddings``, share the output projection with the embedding (again after
+        ``to_empty`` or an assigning ``load_state_dict``, which untie them)."""
+        if self.config.tie_embeddings:
+            self.output.weight = self.tok_embeddings.weight
 
     @torch.no_grad()
     def init_weights(self) -> None:

@@ -56,7 +56,7 @@ def saved_activation_bytes(model: Transformer, step) -> int:
 
 
 def apply_compile(model: Transformer) -> None:
-    """``torch.compile`` each block's forward (the blocks share one graph; FSDP hooks stay eager)."""
+    """``torch.compile`` each block's forward (FSDP's hooks, around it, stay eager)."""
     for block in model.layers:
         block.forward = torch.compile(block.forward)
 
@@ -97,8 +97,7 @@ def init_sharded(model: Transformer, device: torch.device | str) -> None:
 def materialize(model: Transformer, device: torch.device | str = "cpu") -> Transformer:
     """Allocate a meta-device model whole on ``device`` and initialise it."""
     model.to_empty(device=device)
-    if model.config.tie_embeddings:
-        model.tie_weights()
+    model.tie_weights()
     model.init_weights()
     return model
 
