@@ -90,7 +90,8 @@ class Progress:
         if self.done:
             saved = json.loads(plan_file.read_text()) if plan_file.exists() else None
             if saved != wanted:
-                differ = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v} if saved else "no plan.json"
+                differ = ({k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v} if saved
+                          else "no plan.json")
                 raise SystemExit(f"anyseq demo: {out} holds stages of another plan (field: (saved, this run's) "
                                  f"{differ}); rerun with --fresh to start over, or choose another --out")
         plan_file.write_text(json.dumps(wanted, indent=2))
