@@ -287,3 +287,31 @@ def test_prompt_longer_than_the_context_is_a_clear_error(text_data, tmp_path, ca
     rc = anyseq(["generate", "--checkpoint", str(ckpt), "--text", "the fox " * 200, "--out", str(tmp_path / "o")])
     assert rc == 2
     assert "context" in capsys.readouterr().err
+
+
+def test_the_loss_weights_each_target_modality_and_logs_each():
+    """modality_loss_weights scale each target modality's tokens; loss_<modality> is the plain
+    mean over that modality's targets, whatever its weight."""
+    from anyseq.config import ModelConfig
+    from anyseq.model import Transformer
+    from anyseq.training import AnySeqModule
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig.from_preset("tiny").with_vocab(97))
+    ids = torch.randint(0, 97, (1, 17))
+    modality = torch.tensor([[0] * 10 + [1] * 6])  # 10 text targets, then 6 image targets
+    batch = {"input_ids": ids[:, :-1], "targets": ids[:, 1:], "document_ids": torch.zeros(1, 16, dtype=torch.int32),
+             "positions": torch.arange(16)[None], "modality": modality, "loss_weight": torch.ones(1, 16)}
+    losses = {}
+    for name, weights in (("plain", None), ("text only", {"image": 0.0}), ("image x3", {"image": 3.0})):
+        module = AnySeqModule(modality_loss_weights=weights)
+        module.model = model
+        losses[name] = module.loss(batch)
+    loss, logs = losses["plain"]
+    assert set(logs) == {"loss", "loss_text", "loss_image", "tokens"} and int(logs["tokens"]) == 16
+    torch.testing.assert_close(loss, (10 * logs["loss_text"] + 6 * logs["loss_image"]) / 16)
+    torch.testing.assert_close(losses["text only"][0], logs["loss_text"])
+    torch.testing.assert_close(losses["image x3"][0], (10 * logs["loss_text"] + 18 * logs["loss_image"]) / 28)
+    assert all(torch.equal(losses[n][1]["loss_image"], logs["loss_image"]) for n in losses)
+    with pytest.raises(ValueError, match="unknown modalities.*speech"):
+        AnySeqModule(modality_loss_weights={"speech": 1.0})
