@@ -13,46 +13,78 @@ from functools import partial
 
 import torch
 from torch.distributed.device_mesh import DeviceMesh
-from torch.utils.checkpoint import checkpoint
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 from anyseq.config import ModelConfig
 from anyseq.helpers import exists
 from anyseq.model import Transformer
 
 
-def check_activation_checkpointing(every: int) -> int:
+CHECKPOINT_POLICIES = ("full", "save_matmuls")
+
+
+def check_activation_checkpointing(every: int, policy: str = "full") -> int:
     if every < 0:
         raise ValueError(f"activation_checkpointing must be 0 (off) or n >= 1 (every n-th block), got {every}")
+    if policy not in CHECKPOINT_POLICIES:
+        raise ValueError(f"checkpoint_policy {policy!r}: choose one of {', '.join(CHECKPOINT_POLICIES)}")
     return every
 
 
-def apply_activation_checkpointing(model: Transformer, every: int) -> None:
-    """Recompute every ``every``-th block's activations in the backward instead of keeping them.
+def _save_matmuls(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    """Keep the outputs that are costly to recompute (linear layers, attention); recompute the
+    norms, RoPE, SwiGLU's gate, dropout and residual adds (torchtitan's selective op checkpointing)."""
+    aten = torch.ops.aten
+    costly = (aten.mm.default, aten.addmm.default, torch.ops.anyseq.attention.default,
+              aten._scaled_dot_product_flash_attention.default, aten._scaled_dot_product_efficient_attention.default,
+              aten._scaled_dot_product_cudnn_attention.default, aten._scaled_dot_product_flash_attention_for_cpu.default)
+    return CheckpointPolicy.MUST_SAVE if op in costly else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def apply_activation_checkpointing(model: Transformer, every: int, policy: str = "full") -> None:
+    """Recompute every ``every``-th block's activations in the backward instead of keeping them:
+    all of them (``full``), or all but the matmul and attention outputs (``save_matmuls``).
 
     The block's ``forward`` is replaced rather than the module wrapped, so parameter names (and
     so checkpoints) stay the same. Dropout replays the same masks (the RNG state is restored).
     """
-    if not check_activation_checkpointing(every):
+    if not check_activation_checkpointing(every, policy):
         return
+    selective = {"context_fn": partial(create_selective_checkpoint_contexts, _save_matmuls)}
+    options = selective if policy == "save_matmuls" else {}
     for block in model.layers[::every]:
-        block.forward = partial(checkpoint, block.forward, use_reentrant=False)
+        block.forward = partial(checkpoint, block.forward, use_reentrant=False, **options)
 
 
-def saved_activation_bytes(model: Transformer, step) -> int:
-    """Bytes autograd keeps for the backward while ``step()`` runs a forward and backward,
-    parameters excluded: what activation checkpointing trades compute for, on any device."""
+class _NewTensors(TorchDispatchMode):
+    """Remembers (weakly) the storage of every tensor the ops under it produce."""
+
+    def __init__(self):
+        super().__init__()
+        self.storages: dict[int, tuple[StorageWeakRef, int]] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                self.storages[storage.data_ptr()] = (StorageWeakRef(storage), storage.nbytes())
+        return out
+
+
+def activation_bytes(model: Transformer, forward):
+    """Bytes that ``forward()`` leaves alive for the backward (what it made and something still
+    holds: autograd's saved tensors and selective checkpointing's cache alike), parameters
+    excluded: what activation checkpointing trades compute for, on any device. Returns the bytes
+    and what ``forward`` returned."""
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    total = 0
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        if t.untyped_storage().data_ptr() not in params:
-            total += t.numel() * t.element_size()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        step()
-    return total
+    with _NewTensors() as made:
+        out = forward()
+    alive = sum(n for ptr, (ref, n) in made.storages.items() if not ref.expired() and ptr not in params)
+    return alive, out
 
 
 def apply_compile(model: Transformer) -> None:
@@ -108,6 +140,7 @@ def build(
     mesh: DeviceMesh | None = None,
     device: torch.device | str = "cpu",
     activation_checkpointing: int = 0,
+    checkpoint_policy: str = "full",
     compile: bool = False,
     param_dtype: torch.dtype | None = None,
     load=None,
@@ -119,6 +152,8 @@ def build(
             (single device or DDP).
         device: where a sharded model allocates its shards; a whole one is built on the CPU.
         activation_checkpointing: recompute every n-th block in the backward (1: all; 0: off).
+        checkpoint_policy: what a checkpointed block recomputes: ``full`` (everything) or
+            ``save_matmuls`` (only the cheap ops).
         compile: ``torch.compile`` each block.
         param_dtype: FSDP2's compute dtype for gathered parameters.
         load: called with the whole, initialised model before anything is applied (fine-tuning
@@ -131,7 +166,7 @@ def build(
         materialize(model)
         if exists(load):
             load(model)
-    apply_activation_checkpointing(model, activation_checkpointing)
+    apply_activation_checkpointing(model, activation_checkpointing, checkpoint_policy)
     if compile:
         apply_compile(model)
     if exists(mesh):

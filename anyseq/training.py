@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -59,6 +59,9 @@ class AnySeqModule(L.LightningModule):
         activation_checkpointing: recompute every n-th block's activations in the backward
             instead of storing them (1: every block, 0: off): about a third more compute for
             most of the activation memory.
+        checkpoint_policy: what a checkpointed block recomputes: ``full`` (everything) or
+            ``save_matmuls`` (only norms, RoPE, SwiGLU's gate, dropout, adds: the matmul and
+            attention outputs are kept; little recompute for about half the memory).
         compile: ``torch.compile`` each transformer block (the Triton kernels are custom ops
             inside the graph).
     """
@@ -77,6 +80,7 @@ class AnySeqModule(L.LightningModule):
         z_loss: float = 0.0,
         modality_loss_weights: dict[str, float] | None = None,
         activation_checkpointing: int = 0,
+        checkpoint_policy: Literal["full", "save_matmuls"] = "full",
         compile: bool = False,
     ):
         super().__init__()
@@ -84,7 +88,7 @@ class AnySeqModule(L.LightningModule):
         unknown = set(modality_loss_weights or {}) - set(MODALITIES)
         if unknown:
             raise ValueError(f"modality_loss_weights has unknown modalities {sorted(unknown)}; use {list(MODALITIES)}")
-        check_activation_checkpointing(activation_checkpointing)
+        check_activation_checkpointing(activation_checkpointing, checkpoint_policy)
         ModelConfig.from_preset(preset or DEFAULT_PRESET)  # fail at construction on an unknown preset
         self.model: Transformer | None = None
         self.space: TokenSpace | None = None
@@ -121,6 +125,7 @@ class AnySeqModule(L.LightningModule):
             self._architecture(ckpt).with_vocab(self.space.size),
             **sharding,
             activation_checkpointing=hp.activation_checkpointing,
+            checkpoint_policy=hp.checkpoint_policy,
             compile=hp.compile,
             load=load if ckpt is not None else None,
         )
@@ -128,7 +133,8 @@ class AnySeqModule(L.LightningModule):
         if sharding:
             options.append(f"FSDP2 over {sharding['mesh'].size()} processes")
         if hp.activation_checkpointing:
-            options.append(f"activation checkpointing every {hp.activation_checkpointing} block(s)")
+            options.append(f"activation checkpointing ({hp.checkpoint_policy}) every {hp.activation_checkpointing} "
+                           "block(s)")
         if hp.compile:
             options.append("torch.compile per block")
         if options:

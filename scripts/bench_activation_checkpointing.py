@@ -2,9 +2,10 @@
 
     .venv/bin/python scripts/bench_activation_checkpointing.py --presets 100m --seq 1024 --out bench/ac_cpu.json
 
-For each setting (off, every other block, every block): the bytes autograd keeps for the
-backward (parameters excluded; the same count on any device), the peak memory on a GPU, and
-the training step's time as a ratio to "off", all in the same process. The loss is the fused
+For each setting (off, every other block, every block keeping its matmul and attention outputs,
+every block): the bytes the forward leaves alive for the backward (parameters excluded; the same
+count on any device), the peak memory on a GPU, and the training step's time as a ratio to "off",
+all in the same process. The loss is the fused
 linear cross-entropy, as in training, so no logits are kept.
 """
 
@@ -19,22 +20,30 @@ import torch
 
 from anyseq.config import ModelConfig
 from anyseq.kernels import linear_cross_entropy
-from anyseq.parallelize import build, saved_activation_bytes
+from anyseq.parallelize import activation_bytes, build
+
+SETTINGS = ((0, "full"), (2, "full"), (1, "save_matmuls"), (1, "full"))  # (every n-th block, policy)
 
 
-def measure(config: ModelConfig, every: int, batch: int, seq: int, steps: int, device: torch.device, dtype) -> dict:
+def measure(config: ModelConfig, every: int, policy: str, batch: int, seq: int, steps: int, device: torch.device,
+            dtype) -> dict:
     torch.manual_seed(0)
-    model = build(config, activation_checkpointing=every).to(device)
+    model = build(config, activation_checkpointing=every, checkpoint_policy=policy).to(device)
     ids = torch.randint(0, config.vocab_size, (batch, seq + 1), device=device)
 
-    def step():
+    def forward():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             hidden = model(ids[:, :-1])
             ce, _ = linear_cross_entropy(hidden.reshape(-1, hidden.shape[-1]), model.output.weight, ids[:, 1:].reshape(-1))
-        ce.mean().backward()
+        return ce.mean()
+
+    def step():
+        forward().backward()
         model.zero_grad(set_to_none=True)
 
-    saved = saved_activation_bytes(model, step)  # also the warm-up step
+    saved, loss = activation_bytes(model, forward)  # also the warm-up step
+    loss.backward()
+    model.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -43,7 +52,7 @@ def measure(config: ModelConfig, every: int, batch: int, seq: int, steps: int, d
         step()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    row = {"activation_checkpointing": every, "saved_bytes": saved, "step_s": (time.perf_counter() - start) / steps}
+    row = {"activation_checkpointing": every, "policy": policy, "saved_bytes": saved, "step_s": (time.perf_counter() - start) / steps}
     if device.type == "cuda":
         row["peak_bytes"] = torch.cuda.max_memory_allocated(device)
     return row
@@ -63,11 +72,13 @@ def main() -> None:
     report = []
     for name in args.presets:
         config = ModelConfig.from_preset(name)
-        rows = [measure(config, every, args.batch, args.seq, args.steps, device, dtype) for every in (0, 2, 1)]
+        rows = [measure(config, every, policy, args.batch, args.seq, args.steps, device, dtype)
+                for every, policy in SETTINGS]
         for row in rows:
             row["saved_ratio"] = row["saved_bytes"] / rows[0]["saved_bytes"]
             row["time_ratio"] = row["step_s"] / rows[0]["step_s"]
-            print(f"{name:>6} batch {args.batch} x {args.seq} activation_checkpointing={row['activation_checkpointing']}: "
+            print(f"{name:>6} batch {args.batch} x {args.seq} activation_checkpointing={row['activation_checkpointing']} "
+                  f"{row['policy']:>12}: "
                   f"keeps {row['saved_bytes'] / 2**20:,.1f} MiB ({row['saved_ratio']:.2f}x), "
                   f"step {row['step_s']:.2f} s ({row['time_ratio']:.2f}x)", flush=True)
         report.append({"preset": name, "params": config.num_params(), "device": str(device), "dtype": args.dtype,
