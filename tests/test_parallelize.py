@@ -169,6 +169,10 @@ def test_fsdp2_on_two_cpu_processes_trains_as_ddp_does_and_resumes_exactly(text_
     assert (tmp_path / "samples" / "samples.jsonl").exists()
     assert anyseq(["export-hf", "--checkpoint", str(folder), "--out", str(tmp_path / "hf")]) == 0
     assert (tmp_path / "hf" / "model.safetensors").is_file()
+    # and an fsdp2 run resumes from the folder (every rank reading its own shards)
+    fit(text_shards, sharded, "anyseq.strategy.FSDP2Strategy", 7, [
+        "--trainer.strategy.save_distributed_checkpoint=true", f"--ckpt_path={folder}"])
+    assert read_checkpoint(folder)["global_step"] == 7
     with pytest.raises(FileNotFoundError, match="not a distributed checkpoint"):
         read_checkpoint(tmp_path)
 
