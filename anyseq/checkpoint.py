@@ -106,7 +106,7 @@ def read_sharded_checkpoint(path: Path) -> dict[str, Any]:
     state = {"state_dict": weights}
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(state, checkpoint_id=path)  # one process reads every rank's shards
+        dcp.load(state, checkpoint_id=path, no_dist=True)  # this process reads every rank's shards, alone
     ckpt["state_dict"] = state["state_dict"]
     return ckpt
 

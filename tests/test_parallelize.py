@@ -179,6 +179,9 @@ def test_fsdp2_on_two_cpu_processes_trains_as_ddp_does_and_resumes_exactly(text_
     fit(text_shards, sharded, "anyseq.strategy.FSDP2Strategy", 7, [
         "--trainer.strategy.save_distributed_checkpoint=true", f"--ckpt_path={folder}"])
     assert read_checkpoint(folder)["global_step"] == 7
+    # and fine-tunes from it: each rank assembles the weights alone, then shards them
+    log = fit(text_shards, tmp_path / "tuned", "fsdp2", 1, [f"--model.init_args.init_from={folder}"])
+    assert f"init_from {folder}: carried the weights" in log
     with pytest.raises(FileNotFoundError, match="not a distributed checkpoint"):
         read_checkpoint(tmp_path)
 
