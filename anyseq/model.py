@@ -163,7 +163,6 @@ class Transformer(nn.Module):
         if self.config.tie_embeddings:
             self.output.weight = self.tok_embeddings.weight
 
-    @torch.no_grad()
     def init_weights(self) -> None:
         """Initialise every parameter, in order, from the default generator.
 
