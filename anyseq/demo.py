@@ -34,6 +34,7 @@ import torch
 import anyseq
 from anyseq import judges, media, world
 from anyseq.cli import main as anyseq_cli
+from anyseq.helpers import HelpFormatter
 
 CONFIGS = Path(anyseq.__file__).resolve().parents[1] / "configs"
 
@@ -438,7 +439,7 @@ def write_report(out: Path, progress: dict[str, Any], plan: Plan) -> Path:
 # ---------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="anyseq demo", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--out", default="demo_out", help="output folder (rerun to resume)")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="tiny sizes: seconds, for tests (accuracy meaningless)")

@@ -53,6 +53,7 @@ from anyseq.data.prepare import MediaSettings, Preparer
 from anyseq.data.shards import (
     ShardWriter, committed_shards, read_meta, remove_stale, shard_index, write_text_atomic,
 )
+from anyseq.helpers import HelpFormatter
 from anyseq.sequence import Segment, Serializer
 from anyseq.tokenizers.base import MediaTokenizer, load_tokenizer
 from anyseq.tokenizers.text import TextTokenizer
@@ -490,13 +491,6 @@ def summarize(job: Job, seconds: float, this_run: list[int], encode_seconds: flo
     return stats, errors
 
 
-class _Help(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows defaults, except the empty ones (None, False)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        return action.help if action.default in (None, False) else super()._get_help_string(action)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
@@ -505,7 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Exit status: 0 every record ok; 1 some records failed (see OUT/errors.jsonl); 2 the job could not "
                "run, every record failed, or --fail-on-error stopped it. Several GPUs: add --device cuda --devices N "
                "(Lightning DDP; each rank writes its own shards, the folder merges by listing).",
-        formatter_class=_Help,
+        formatter_class=HelpFormatter,
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--manifest", help="JSONL manifest, one record per line; media paths relative to it")
