@@ -5,21 +5,31 @@ The prompt is a list of segments given in order (``--text``, ``--image``, ``--vi
 the checkpoint's tokenizers, the target is sampled under its grammar (so it always
 decodes), and the result is written as .txt / .png / .gif|.mp4 / .wav plus one line per
 sample in ``samples.jsonl``.
+
+Many prompts at once: ``--prompts FILE`` reads one record per line in the manifest's format
+(``{"text": ...}``, ``{"image": "a.png"}``, ``{"segments": [...]}``), and the rows (prompt x
+sample) are sampled in fixed batches of ``--batch-size``, each seeded from ``(seed, batch)``. A
+batch is the unit of work: a rerun into the same folder skips the batches whose samples
+``samples.jsonl`` already records with the same checkpoint and settings, and what it samples
+again equals what an uninterrupted run would have written.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from anyseq.checkpoint import Bundle, load_bundle
+from anyseq.helpers import HelpFormatter
 from anyseq.sampling import SamplingOptions, sample
 from anyseq.sequence import Constraint, Segment
 
@@ -70,6 +80,44 @@ def encode_prompt(
     samples = media.read_audio(value, sample_rate=tok.sample_rate)[0] if is_path else value
     wav = torch.as_tensor(samples, dtype=torch.float32)[None, None].to(device)
     return Segment("audio", tok.encode(wav)[0].cpu().numpy())
+
+
+@dataclass
+class Prompt:
+    """One prompt: its segments as (kind, text or path), and the name its output files carry."""
+
+    segments: list[tuple[str, Any]]
+    name: str | None = None  # None: the command line's prompt (files ``{to}_{seed}_{i}``)
+
+
+def read_prompts(path: str | Path) -> list[Prompt]:
+    """The prompts of a JSONL file (manifest records; media paths relative to the file)."""
+    from anyseq.data.manifest import RecordError, parse_record
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--prompts {path}: file not found")
+    prompts, names = [], {}
+    with path.open("rb") as f:
+        for line, raw in enumerate(f, 1):
+            try:
+                record = parse_record(raw, line, path.resolve().parent)
+            except RecordError as e:
+                raise ValueError(f"{path}:{line}: {e.reason}") from None
+            if record is None:
+                continue
+            for part in record.parts:
+                if part.path is not None and not part.path.is_file():
+                    raise FileNotFoundError(f"{path}:{line}: {part.modality} file {part.path} not found")
+            name = re.sub(r"[^\w-]", "_", record.id) if record.id is not None else f"line{line}"
+            if name in names:
+                raise ValueError(f"{path}:{line}: id {record.id!r} names line {names[name]}'s files too; ids must differ")
+            names[name] = line
+            segments = [(p.modality, p.text if p.path is None else str(p.path)) for p in record.parts]
+            prompts.append(Prompt(segments, name))
+    if not prompts:
+        raise ValueError(f"{path}: no prompts; expected one JSON record per line, e.g. {{\"text\": \"a red circle\"}}")
+    return prompts
 
 
 # -- target: modality -> constraint -------------------------------------------------------------
@@ -161,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="anyseq generate",
         description="Sample any modality from a prompt of any modalities, with a trained checkpoint.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, help="a .ckpt written by `anyseq fit`")
     p.add_argument("--to", choices=["text", "image", "video", "audio"], default="text", help="output modality")
@@ -172,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--image", dest="prompt_image", action=_PromptAction, help="image file")
     g.add_argument("--video", dest="prompt_video", action=_PromptAction, help="video file (.mp4/.gif/...)")
     g.add_argument("--audio", dest="prompt_audio", action=_PromptAction, help="audio file (.wav/.flac/...)")
+    g.add_argument("--prompts", metavar="FILE",
+                   help='many prompts instead: a JSONL file, one manifest record per line ({"text": ...}, '
+                        '{"image": "a.png"}, {"segments": [...]}; paths relative to the file; "id" names the files)')
     s = p.add_argument_group("output shape")
     s.add_argument("--height", type=int, help="image/video height in tokens")
     s.add_argument("--width", type=int, help="image/video width in tokens")
@@ -184,23 +235,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--video-frames", type=int, help="read at most this many prompt video frames")
     k = p.add_argument_group("sampling (defaults depend on --to)")
     k.add_argument("--temperature", type=float, help="0 = greedy")
-    k.add_argument("--top-k", type=int)
-    k.add_argument("--top-p", type=float)
+    k.add_argument("--top-k", type=int, help="keep the k most likely ids (0 = all)")
+    k.add_argument("--top-p", type=float, help="nucleus mass (1 = off)")
     k.add_argument("--cfg", type=float, help="classifier-free guidance scale (1 = off)")
-    k.add_argument("--num-samples", type=int, default=1)
-    k.add_argument("--seed", type=int, default=0)
+    k.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
+    k.add_argument("--batch-size", type=int, default=8,
+                   help="rows (prompt x sample) per sampling call, twice that with CFG; a rerun resumes by batch")
+    k.add_argument("--seed", type=int, default=0, help="with --batch-size, fixes every sample")
     k.add_argument("--no-cache", action="store_true", help="recompute the whole sequence each step (for comparison)")
     o = p.add_argument_group("output")
     o.add_argument("--out", default="samples", help="output folder (files + samples.jsonl)")
     o.add_argument("--stdout", action="store_true", help="also print text outputs")
-    o.add_argument("--video-format", choices=["gif", "mp4"], default="gif")
-    o.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    o.add_argument("--video-format", choices=["gif", "mp4"], default="gif", help="file format of videos")
+    o.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where the models run")
     o.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                   help="the transformer's dtype (default: bfloat16 on CUDA, float32 elsewhere)")
+                   help="the transformer's dtype (bfloat16 on CUDA, float32 elsewhere)")
     t = p.add_argument_group("tokenizer locations (when moved since training)")
-    t.add_argument("--text-tokenizer")
-    t.add_argument("--visual-tokenizer")
-    t.add_argument("--audio-tokenizer")
+    for kind in ("text", "visual", "audio"):
+        t.add_argument(f"--{kind}-tokenizer", metavar="PATH", help=f"the {kind} tokenizer, instead of the path the checkpoint recorded")
     return p
 
 
@@ -236,7 +288,31 @@ def generate_ids(
     return outputs, time.perf_counter() - start
 
 
+def batch_seed(seed: int, batch: int) -> int:
+    """Each batch's own seed: independent streams for every (seed, batch) pair."""
+    return int(np.random.SeedSequence([seed, batch]).generate_state(1)[0])
+
+
+def _finished(log: Path, settings: dict[str, Any]) -> dict[str, dict]:
+    """Records of ``samples.jsonl`` made with these settings whose file exists, by file stem."""
+    if not log.exists():
+        return {}
+    settings = json.loads(json.dumps(settings))  # compare as stored (tuples become lists)
+    done = {}
+    for line in log.read_text().splitlines():
+        record = json.loads(line)
+        if all(record.get(k) == v for k, v in settings.items()) and Path(record["file"]).exists():
+            done[str(Path(record["file"]).with_suffix(""))] = record
+    return done
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    if args.prompts and args.prompt:
+        raise ValueError("give the prompt as --text/--image/--video/--audio or as --prompts FILE, not both")
+    if args.num_samples < 1 or args.batch_size < 1:
+        raise ValueError(f"--num-samples and --batch-size must be at least 1, got {args.num_samples} and {args.batch_size}")
+    prompts = read_prompts(args.prompts) if args.prompts else [Prompt(
+        [("text", Path(v).read_text()) if kind == "text_file" else (kind, v) for kind, v in (args.prompt or [])])]
     dtype = args.dtype or ("bfloat16" if torch.device(args.device).type == "cuda" else "float32")
     bundle = load_bundle(
         args.checkpoint,
@@ -244,44 +320,66 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         dtype=getattr(torch, dtype),
         tokenizer_paths={"text": args.text_tokenizer, "visual": args.visual_tokenizer, "audio": args.audio_tokenizer},
     )
-    prompt_spec = [("text", Path(v).read_text()) if kind == "text_file" else (kind, v) for kind, v in (args.prompt or [])]
-    segments = [encode_prompt(bundle, kind, v, args.image_size, args.video_frames) for kind, v in prompt_spec]
-    prompt = bundle.serializer.serialize(segments, eos=False).ids.tolist()
     target = target_for(bundle, args)
     options = sampling_options(args)
-    n = args.num_samples
-    outputs, seconds = generate_ids(bundle, [prompt] * n, target, options, args.seed, use_cache=not args.no_cache)
-    new_tokens = sum(len(o) for o in outputs)
+    settings = {  # what makes two runs' samples the same: a rerun with all of them equal resumes
+        "checkpoint": str(args.checkpoint), "checkpoint_mtime": Path(args.checkpoint).stat().st_mtime,
+        "to": args.to, "options": asdict(options), "shape": target.shape, "seed": args.seed,
+        "batch_size": args.batch_size, "kv_cache": not args.no_cache, "dtype": dtype,
+    }  # fmt: skip
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    records = []
-    with open(out_dir / "samples.jsonl", "a") as log:
-        for i, ids in enumerate(outputs):
-            stem = out_dir / f"{args.to}_{args.seed}_{i:03d}"
-            path = decode_output(bundle, args.to, ids, stem, args.video_format)
-            record = {
-                "file": str(path),
-                "to": args.to,
-                "prompt": [{"kind": kind, "value": v} for kind, v in prompt_spec],
-                "options": asdict(options),
-                "shape": target.shape,
-                "seed": args.seed,
-                "sample": i,
-                "prompt_tokens": len(prompt),
-                "new_tokens": len(ids),
-                "seconds": round(seconds, 4),
-                "kv_cache": not args.no_cache,
-                "dtype": dtype,
-            }
-            log.write(json.dumps(record) + "\n")
-            records.append(record)
-            if args.stdout and args.to == "text":
-                print(path.read_text())
-    print(
-        f"generated {n} x {args.to}: {new_tokens} tokens in {seconds:.2f} s "
-        f"({new_tokens / max(seconds, 1e-9):.1f} tokens/s{' plus as many CFG twins' if options.cfg_scale != 1 else ''}) -> {out_dir}",
-        file=sys.stderr,
-    )
+    log_path = out_dir / "samples.jsonl"
+    done = _finished(log_path, settings)
+    rows = [(p, i) for p in prompts for i in range(args.num_samples)]
+    batches = [rows[k : k + args.batch_size] for k in range(0, len(rows), args.batch_size)]
+    encoded: dict[int, list[int]] = {}  # prompt ids, each prompt encoded once
+
+    def stem(prompt: Prompt, i: int) -> Path:
+        return out_dir / "_".join([args.to, str(args.seed), *([prompt.name] if prompt.name else []), f"{i:03d}"])
+
+    def described(prompt: Prompt) -> list[dict[str, Any]]:
+        return [{"kind": kind, "value": v} for kind, v in prompt.segments]
+
+    def finished(prompt: Prompt, i: int) -> bool:
+        record = done.get(str(stem(prompt, i)))
+        return record is not None and record["prompt"] == described(prompt)
+
+    records, new_tokens, seconds, skipped = [], 0, 0.0, 0
+    with open(log_path, "a") as log:
+        for b, batch in enumerate(batches):
+            if all(finished(p, i) for p, i in batch):
+                skipped += len(batch)
+                continue
+            for p, _ in batch:
+                if id(p) not in encoded:
+                    segments = [encode_prompt(bundle, kind, v, args.image_size, args.video_frames) for kind, v in p.segments]
+                    encoded[id(p)] = bundle.serializer.serialize(segments, eos=False).ids.tolist()
+            outputs, took = generate_ids(bundle, [encoded[id(p)] for p, _ in batch], target, options,
+                                         batch_seed(args.seed, b), use_cache=not args.no_cache)
+            seconds += took
+            new_tokens += sum(len(o) for o in outputs)
+            for (p, i), ids in zip(batch, outputs):
+                if finished(p, i):  # written before an interruption; sampled again identically
+                    continue
+                path = decode_output(bundle, args.to, ids, stem(p, i), args.video_format)
+                record = {
+                    "file": str(path), **settings,
+                    "prompt": described(p),
+                    "sample": i, "batch": b, "prompt_tokens": len(encoded[id(p)]), "new_tokens": len(ids),
+                    "seconds": round(took, 4),
+                }  # fmt: skip
+                log.write(json.dumps(record) + "\n")
+                records.append(record)
+                if args.stdout and args.to == "text":
+                    print(path.read_text())
+            log.flush()
+            if len(batches) > 1:
+                print(f"[generate] batch {b + 1}/{len(batches)}: {len(batch)} samples in {took:.2f} s", file=sys.stderr)
+    cfg = " plus as many CFG twins" if options.cfg_scale != 1 else ""
+    resumed = f"; {skipped} already in {log_path}" if skipped else ""
+    print(f"generated {len(records)} x {args.to}: {new_tokens} tokens in {seconds:.2f} s "
+          f"({new_tokens / max(seconds, 1e-9):.1f} tokens/s{cfg}){resumed} -> {out_dir}", file=sys.stderr)
     return records
 
 

@@ -98,6 +98,61 @@ def test_generate_errors_name_the_fix(demo, tmp_path, capsys):
     assert "context" in err or "max_height" in err
 
 
+def test_a_prompts_file_is_sampled_in_fixed_batches_and_a_rerun_resumes_them(demo, tmp_path, capsys):
+    """Many prompts in one call; after an interruption the rerun samples only what is missing, identically."""
+    prompts = tmp_path / "prompts.jsonl"
+    held_out = demo / "held_out"
+    prompts.write_text("\n".join(json.dumps(r) for r in [
+        {"id": "red", "text": "a small red"},
+        {"image": str(held_out / "images" / "000000.png")},  # no id: named by its line
+        {"id": "interleaved", "segments": [{"audio": str(held_out / "audio" / "000000.wav")}, {"text": "and"}]},
+    ]) + "\n\n")  # fmt: skip
+    out = tmp_path / "out"
+    args = ["generate", "--checkpoint", str(demo / "model" / "last.ckpt"), "--prompts", str(prompts), "--to", "text",
+            "--num-samples", "2", "--batch-size", "4", "--max-text-tokens", "8", "--out", str(out)]
+    assert anyseq(args) == 0
+    assert "[generate] batch 2/2" in capsys.readouterr().err
+    log = out / "samples.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [Path(r["file"]).name for r in records] == [
+        f"text_0_{name}_{i:03d}.txt" for name in ("red", "line2", "interleaved") for i in range(2)]
+    assert [r["batch"] for r in records] == [0, 0, 0, 0, 1, 1]
+    assert [p["kind"] for p in records[4]["prompt"]] == ["audio", "text"]
+    texts = {r["file"]: Path(r["file"]).read_text() for r in records}
+
+    # interrupted after two samples: the first batch half written, the second not begun
+    log.write_text("".join(line + "\n" for line in log.read_text().splitlines()[:2]))
+    for r in records[2:]:
+        Path(r["file"]).unlink()
+    assert anyseq(args) == 0
+    again = [json.loads(line) for line in log.read_text().splitlines()]
+    assert sorted(r["file"] for r in again) == sorted(texts)  # each sample recorded once
+    assert {r["file"]: Path(r["file"]).read_text() for r in again} == texts
+    capsys.readouterr()
+    assert anyseq(args) == 0  # all done: nothing is sampled
+    err = capsys.readouterr().err
+    assert "generated 0 x text" in err and "6 already in" in err
+    # other settings are other samples, not a resume
+    assert anyseq([*args, "--seed", "1"]) == 0
+    assert len(log.read_text().splitlines()) == 12
+
+
+@pytest.mark.parametrize("line,message", [
+    ('{"text": "a", "imag": "x.png"}', "prompts.jsonl:2: unknown keys ['imag']"),
+    ('{"image": "missing.png"}', "prompts.jsonl:2: image file"),
+    ('{"id": "a", "text": "b"}', "id 'a' names line 1's files too"),
+])  # fmt: skip
+def test_a_bad_prompts_file_is_refused_before_sampling_naming_the_line(demo, tmp_path, capsys, line, message):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "a", "text": "a red"}\n' + line + "\n")
+    ckpt = str(demo / "model" / "last.ckpt")
+    assert anyseq(["generate", "--checkpoint", ckpt, "--prompts", str(prompts), "--out", str(tmp_path / "o")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    assert anyseq(["generate", "--checkpoint", ckpt, "--prompts", str(prompts), "--text", "x"]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
 def test_generation_benchmark_times_the_same_batch_with_and_without_the_cache(demo, tmp_path):
     path = Path(__file__).resolve().parents[1] / "scripts" / "bench_generate.py"
     spec = importlib.util.spec_from_file_location("bench_generate", path)
