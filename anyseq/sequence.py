@@ -98,6 +98,10 @@ class Grammar(ABC):
     def constraint(self, **shape: Any) -> Constraint:
         """State machine for one whole segment (begin marker to end marker)."""
 
+    def length(self, **shape: Any) -> int:
+        """The most ids a segment of ``constraint(**shape)`` can take (free sizes at their maximum)."""
+        raise NotImplementedError
+
     def split(self, ids: Sequence[int], start: int) -> int:
         """Index just past the segment that begins at ``ids[start]`` (for parsing records)."""
         raise NotImplementedError
@@ -236,8 +240,8 @@ class ImageGrammar(_GridGrammar):
 
         return Constraint(program)
 
-    @staticmethod
-    def length(h: int, w: int) -> int:
+    def length(self, h: int | None = None, w: int | None = None) -> int:
+        h, w = h or self.space.max_shape["h"], w or self.space.max_shape["w"]
         return 3 + h * (w + 1) + 1
 
 
@@ -290,8 +294,8 @@ class VideoGrammar(_GridGrammar):
 
         return Constraint(program)
 
-    @staticmethod
-    def length(t: int, h: int, w: int) -> int:
+    def length(self, t: int | None = None, h: int | None = None, w: int | None = None) -> int:
+        t, h, w = (v or self.space.max_shape[a] for v, a in ((t, "t"), (h, "h"), (w, "w")))
         return 4 + t * (h * (w + 1) + 1) + 1
 
 
@@ -380,6 +384,12 @@ class AudioGrammar(Grammar):
 
         return Constraint(program)
 
+    def length(self, frames: int | None = None, max_frames: int | None = None) -> int:
+        n = frames or max_frames
+        if n is None:
+            raise ValueError("free-length audio has no longest form: give frames or max_frames")
+        return 2 + (n + (self.levels - 1) * self.delay) * self.levels
+
     def split(self, ids: Sequence[int], start: int) -> int:
         eoa = self.space.special("<eoa>")
         for i in range(start, len(ids)):
@@ -465,6 +475,36 @@ class Serializer:
             np.asarray(weight, np.float32),
             spans,
         )
+
+    def constraint(self, max_tokens: int, shapes: dict[str, dict[str, Any]] | None = None) -> Constraint:
+        """The rest of a record, in any modality the model chooses (Chameleon's mixed-modal output).
+
+        Text, and any media segment the model opens with its begin marker (then that grammar's
+        constraint with ``shapes[modality]``), until <eos>. A medium may begin only while its
+        longest form still fits in ``max_tokens``, so every sample ends with <eos> and parses.
+        """
+        s, shapes = self.space, shapes or {}
+        text, eos = s.ranges["text"], s.special("<eos>")
+        media = self._begin  # begin marker -> grammar
+        longest = {b: g.length(**shapes.get(g.modality, {})) for b, g in media.items()}
+
+        def program():
+            left = max_tokens
+            while left > 1:
+                opens = [(b, b + 1) for b in media if longest[b] < left]
+                token = yield [(text.start, text.stop), *opens, (eos, eos + 1)]
+                left -= 1
+                if token == eos:
+                    return
+                if token in media:
+                    segment = media[token].constraint(**shapes.get(media[token].modality, {}))
+                    segment.advance(token)
+                    while not segment.done:
+                        segment.advance((yield segment.allowed()))
+                        left -= 1
+            yield one(eos)
+
+        return Constraint(program)
 
     def parse(self, ids: Sequence[int]) -> list[Segment]:
         """Split a sequence into segments (dropping <bos>/<eos>); each parses with its grammar."""

@@ -86,13 +86,37 @@ def walk(constraint, seed):
 def test_random_walks_through_constraints_always_parse(modality, shape, delay):
     g = Serializer(SPACE, audio_delay=delay).grammar(modality)
     for seed in range(25):
-        value = g.parse(walk(g.constraint(**shape), seed))
+        tokens = walk(g.constraint(**shape), seed)
+        if shape != {} or modality != "audio":  # free-length audio has no longest form
+            assert len(tokens) <= g.length(**shape)
+        value = g.parse(tokens)
         if "h" in shape:
             assert value.shape[-2:] == (shape["h"], shape["w"])
         if "frames" in shape:
             assert value.shape == (shape["frames"], 4)
         if "max_frames" in shape:
             assert 1 <= len(value) <= shape["max_frames"]
+
+
+@pytest.mark.parametrize("delay", [False, True])
+@pytest.mark.parametrize("budget", [2, 30, 120, 400])
+def test_a_free_continuation_in_any_modality_always_ends_in_budget_and_parses(delay, budget):
+    """The model may write text and open any medium; whatever it picks, the record parses."""
+    ser = Serializer(SPACE, audio_delay=delay)
+    shapes = {"image": {}, "video": {"t": 2}, "audio": {"max_frames": 5}}
+    seen = set()
+    for seed in range(40):
+        tokens = walk(ser.constraint(budget, shapes), seed)
+        assert tokens[-1] == SPACE.special("<eos>") and len(tokens) <= budget
+        segments = ser.parse(tokens)
+        seen.update(seg.modality for seg in segments)
+        for seg in segments:
+            if seg.modality == "video":
+                assert len(seg.value) == 2
+            if seg.modality == "audio":
+                assert 1 <= len(seg.value) <= 5
+    longest = {m: ser.grammar(m).length(**shapes[m]) for m in shapes}
+    assert seen == {"text"} | {m for m, n in longest.items() if n < budget}
 
 
 def test_sampled_image_has_exactly_h_rows_of_w_codes():
