@@ -300,13 +300,59 @@ def evaluate(out: Path, checkpoint: str, held_out: Path, plan: Plan, device: str
             print(f"[demo] {source}->{target} ({name}): accuracy {direction[name]['accuracy']:.2f} "
                   f"(chance {direction['chance']:.3f})", flush=True)
         results[f"{source}->{target}"] = direction
+    results["text->any"] = _evaluate_any(bundle, held_out, plan, samples_dir, grid)
     return {"directions": results}
+
+
+MEDIUM_OF_SUFFIX = {".png": "image", ".gif": "video", ".wav": "audio"}
+
+
+def _evaluate_any(bundle, held_out: Path, plan: Plan, samples_dir: Path, grid: int) -> dict[str, Any]:
+    """Captions of all three media, sampled with ``--to any``: the model picks the medium itself.
+
+    Right when its first medium is the caption's and the judges find every attribute in it.
+    """
+    from anyseq.generate import DEFAULTS, decode_output, encode_prompt, generate_ids, make_target
+
+    kinds = ("image", "video", "audio")
+    unique = [r for kind in kinds for r in _held_out(held_out, kind, max(1, plan.eval_per_direction // 3))]
+    rows = [r for r in unique for _ in range(plan.samples_per_prompt)]
+    ids = [bundle.serializer.serialize([encode_prompt(bundle, "text", r["text"])], eos=False).ids.tolist() for r in rows]
+    target = make_target(bundle, "any", height=grid, width=grid, frames=plan.video_frames, seconds=plan.seconds,
+                         max_text_tokens=24)
+    outputs, seconds = generate_ids(bundle, ids, target, DEFAULTS["any"], seed=0)
+    row_kinds, verdicts, samples = [], [], []
+    for i, (row, new) in enumerate(zip(rows, outputs)):
+        kind = next(m for m in kinds if m in row)
+        paths = decode_output(bundle, "any", new, samples_dir / f"text2any_{i:03d}", "gif")
+        made = [p for p in paths if p.suffix in MEDIUM_OF_SUFFIX]
+        right_medium = bool(made) and MEDIUM_OF_SUFFIX[made[0].suffix] == kind
+        judged = judges.judge(kind, _read(made[0], kind, plan), plan.sample_rate) if right_medium else None
+        verdict = {"medium": right_medium, **_correct(kind, world.parse_caption(row["text"]), judged)}
+        row_kinds.append(kind)
+        verdicts.append(verdict)
+        if i % plan.samples_per_prompt == 0 and row_kinds[::plan.samples_per_prompt].count(kind) <= 3:  # 3 a medium
+            output = {"file": made[0].name} if made else {"text": " | ".join(p.read_text() for p in paths)}
+            samples.append({"prompt": row["text"], "caption": row["text"], **output, "verdict": verdict})
+    right = [all(v.values()) for v in verdicts]
+    accuracy = float(np.mean(right))
+    per_kind = {k: float(np.mean([r for r, rk in zip(right, row_kinds) if rk == k])) for k in kinds}
+    print(f"[demo] text->any: medium right {np.mean([v['medium'] for v in verdicts]):.2f}, accuracy {accuracy:.2f}",
+          flush=True)
+    return {
+        "n": len(rows),
+        "chance": float(np.mean([_chance(k) / len(kinds) for k in row_kinds])),
+        "samples": samples,
+        "plain": {"accuracy": accuracy,
+                  "per_attribute": {"medium": float(np.mean([v["medium"] for v in verdicts])), **per_kind},
+                  "seconds": seconds, "tokens_per_s": sum(len(o) for o in outputs) / seconds},
+    }  # fmt: skip
 
 
 def _decode(bundle, target: str, ids: list[int], stem: Path) -> Path:
     from anyseq.generate import decode_output
 
-    return decode_output(bundle, target, ids, stem, "gif")
+    return decode_output(bundle, target, ids, stem, "gif")[0]
 
 
 def _read(path: Path, target: str, plan: Plan) -> Any:

@@ -1,7 +1,8 @@
 """``anyseq generate``: any-to-any sampling from a checkpoint to files.
 
 The prompt is a list of segments given in order (``--text``, ``--image``, ``--video``,
-``--audio``, repeatable); ``--to`` names the output modality. Media prompts are encoded by
+``--audio``, repeatable); ``--to`` names the output modality, or ``any``: the model writes the
+rest of the record, text and whichever media it opens (Chameleon's mixed-modal output). Media prompts are encoded by
 the checkpoint's tokenizers, the target is sampled under its grammar (so it always
 decodes), and the result is written as .txt / .png / .gif|.mp4 / .wav plus one line per
 sample in ``samples.jsonl``.
@@ -41,6 +42,7 @@ DEFAULTS = {
     "image": SamplingOptions(temperature=1.0, top_k=2048, cfg_scale=3.0),
     "video": SamplingOptions(temperature=1.0, top_k=2048, cfg_scale=3.0),
     "audio": SamplingOptions(temperature=1.0, top_k=250, cfg_scale=3.0),
+    "any": SamplingOptions(temperature=1.0, top_k=2048),  # no CFG: a mixed record has no one condition
 }
 
 
@@ -123,9 +125,21 @@ def read_prompts(path: str | Path) -> list[Prompt]:
 # -- target: modality -> constraint -------------------------------------------------------------
 @dataclass
 class Target:
-    modality: str
-    shape: dict[str, int | None]
+    modality: str  # text | image | video | audio | any
+    shape: dict[str, Any]  # the grammar's constraint arguments (for any: per modality)
     max_tokens: int
+
+
+def media_shape(
+    bundle: Bundle, modality: str, height: int | None, width: int | None, frames: int, seconds: float
+) -> dict[str, int | None]:
+    """A medium's grammar shape: sizes in tokens (None: the model chooses), video time and audio
+    frames from frames and seconds through the tokenizer's factors."""
+    if modality == "image":
+        return {"h": height, "w": width}
+    if modality == "video":
+        return {"t": 1 + (frames - 1) // bundle.tokenizer("visual").compression.get("time", 1), "h": height, "w": width}
+    return {"frames": max(1, int(round(seconds * bundle.tokenizer("audio").frame_rate)))}
 
 
 def make_target(
@@ -137,28 +151,34 @@ def make_target(
     seconds: float = 1.0,
     max_text_tokens: int = 64,
 ) -> Target:
-    """The output segment to sample: its modality, grammar shape and token budget.
+    """The output to sample: its modality, grammar shape and token budget.
 
-    ``height``/``width`` are in tokens; ``frames`` in video frames; ``seconds`` of audio.
+    ``height``/``width`` are in tokens; ``frames`` in video frames; ``seconds`` of audio. For
+    ``any``, media without a size are free (up to the token space's largest), and the budget
+    holds ``max_text_tokens`` of text beside the longest medium.
     """
     if to == "text":
         return Target("text", {"max_tokens": max_text_tokens}, max_text_tokens + 1)
-    g = bundle.serializer.grammar(to)
-    tok = bundle.tokenizer(MEDIA_TOKENIZER[to])
-    if to in ("image", "video"):
-        if height is None or width is None:
-            raise ValueError(f"--to {to} needs its size: --height/--width in tokens or --height-px/--width-px in pixels")
-        if to == "image":
-            return Target("image", {"h": height, "w": width}, g.length(height, width))
-        t = 1 + (frames - 1) // tok.compression.get("time", 1)
-        return Target("video", {"t": t, "h": height, "w": width}, g.length(t, height, width))
-    n = max(1, int(round(seconds * tok.frame_rate)))
-    return Target("audio", {"frames": n}, 2 + (n + (g.levels - 1) * g.delay) * g.levels)
+    ser = bundle.serializer
+    if to == "any":
+        shapes = {m: media_shape(bundle, m, height, width, frames, seconds) for m in ser.grammars if m != "text"}
+        lengths = {m: ser.grammar(m).length(**shape) for m, shape in shapes.items()}
+        target = Target("any", shapes, max_text_tokens + max(lengths.values(), default=0) + 1)
+        if target.max_tokens >= bundle.model.config.max_seq_len:
+            free = ", ".join(f"{m} {n} tokens" for m, n in lengths.items())
+            raise ValueError(f"--to any: the longest media ({free}) do not fit the model's context of "
+                             f"{bundle.model.config.max_seq_len}; bound them with --height/--width (tokens), "
+                             "--frames, --seconds")
+        return target
+    if to in ("image", "video") and (height is None or width is None):
+        raise ValueError(f"--to {to} needs its size: --height/--width in tokens or --height-px/--width-px in pixels")
+    shape = media_shape(bundle, to, height, width, frames, seconds)
+    return Target(to, shape, ser.grammar(to).length(**shape))
 
 
 def target_for(bundle: Bundle, args: argparse.Namespace) -> Target:
     height, width = args.height, args.width
-    if args.to in ("image", "video") and (height is None or width is None):
+    if args.to in ("image", "video", "any") and (height is None or width is None) and "image" in bundle.serializer.grammars:
         f = bundle.tokenizer("visual").compression["height"]
         height = height if height is not None else (args.height_px // f if args.height_px else None)
         width = width if width is not None else (args.width_px // f if args.width_px else None)
@@ -166,33 +186,46 @@ def target_for(bundle: Bundle, args: argparse.Namespace) -> Target:
 
 
 def constraint_for(bundle: Bundle, target: Target) -> Constraint:
+    if target.modality == "any":
+        return bundle.serializer.constraint(target.max_tokens, target.shape)
     return bundle.serializer.grammar(target.modality).constraint(**target.shape)
 
 
 # -- output: ids -> files -------------------------------------------------------------------------
-def decode_output(bundle: Bundle, modality: str, ids: list[int], stem: Path, video_format: str) -> Path:
+def write_segment(bundle: Bundle, segment: Segment, stem: Path, video_format: str) -> Path:
+    """A parsed segment (text ids or media codes) decoded to a file named ``stem`` + its suffix."""
     from anyseq import media
 
-    s = bundle.space
-    if modality == "text":
-        text_ids = [t for t in ids if s.is_text(t)]
+    if segment.modality == "text":
         path = stem.with_suffix(".txt")
-        path.write_text(bundle.tokenizer("text").decode(text_ids))
+        path.write_text(bundle.tokenizer("text").decode(list(segment.value)))
         return path
-    codes = bundle.serializer.grammar(modality).parse(ids)
-    tok = bundle.tokenizer(MEDIA_TOKENIZER[modality])
+    tok = bundle.tokenizer(MEDIA_TOKENIZER[segment.modality])
     device = bundle.model.tok_embeddings.weight.device
-    out = tok.decode(torch.as_tensor(codes)[None].to(device))[0].float().cpu()
-    if modality == "image":
+    out = tok.decode(torch.as_tensor(segment.value)[None].to(device))[0].float().cpu()
+    if segment.modality == "image":
         path = stem.with_suffix(".png")
         media.write_image(path, media.tensor_to_image(out.numpy()))
-    elif modality == "video":
+    elif segment.modality == "video":
         path = stem.with_suffix(f".{video_format}")
         media.write_video(path, media.tensor_to_video(out.numpy()), fps=8)
     else:
         path = stem.with_suffix(".wav")
         media.write_audio(path, out.reshape(-1).numpy(), tok.sample_rate)
     return path
+
+
+def decode_output(bundle: Bundle, modality: str, ids: list[int], stem: Path, video_format: str) -> list[Path]:
+    """Sampled ids to files: one for a modality; for ``any``, one per segment (``stem_0``, ``stem_1``...)."""
+    if modality == "any":
+        segments = bundle.serializer.parse(ids)
+        return [write_segment(bundle, seg, stem.with_name(f"{stem.name}_{j}"), video_format)
+                for j, seg in enumerate(segments)]
+    if modality == "text":
+        value = [t for t in ids if bundle.space.is_text(t)]
+    else:
+        value = bundle.serializer.grammar(modality).parse(ids)
+    return [write_segment(bundle, Segment(modality, value), stem, video_format)]
 
 
 # -- the program ---------------------------------------------------------------------------------
@@ -212,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     p.add_argument("--checkpoint", required=True, help="a .ckpt written by `anyseq fit`")
-    p.add_argument("--to", choices=["text", "image", "video", "audio"], default="text", help="output modality")
+    p.add_argument("--to", choices=["text", "image", "video", "audio", "any"], default="text",
+                   help="output modality; any: the rest of the record, text and whichever media the model opens")
     p.set_defaults(prompt=[])
     g = p.add_argument_group("prompt (repeatable, kept in order)")
     g.add_argument("--text", dest="prompt_text", action=_PromptAction, help="text segment")
@@ -230,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--width-px", type=int, help="image/video width in pixels")
     s.add_argument("--frames", type=int, default=5, help="video frames (rounded to 1 + k * temporal factor)")
     s.add_argument("--seconds", type=float, default=1.0, help="audio length")
-    s.add_argument("--max-text-tokens", type=int, default=64, help="longest text answer")
+    s.add_argument("--max-text-tokens", type=int, default=64, help="longest text answer (for any: text beside the media)")
     s.add_argument("--image-size", type=int, help="resize prompt images/videos to this square size first")
     s.add_argument("--video-frames", type=int, help="read at most this many prompt video frames")
     k = p.add_argument_group("sampling (defaults depend on --to)")
@@ -294,15 +328,15 @@ def batch_seed(seed: int, batch: int) -> int:
 
 
 def _finished(log: Path, settings: dict[str, Any]) -> dict[str, dict]:
-    """Records of ``samples.jsonl`` made with these settings whose file exists, by file stem."""
+    """Records of ``samples.jsonl`` made with these settings whose files exist, by file stem."""
     if not log.exists():
         return {}
     settings = json.loads(json.dumps(settings))  # compare as stored (tuples become lists)
     done = {}
     for line in log.read_text().splitlines():
         record = json.loads(line)
-        if all(record.get(k) == v for k, v in settings.items()) and Path(record["file"]).exists():
-            done[str(Path(record["file"]).with_suffix(""))] = record
+        if all(record.get(k) == v for k, v in settings.items()) and all(Path(f).exists() for f in record["files"]):
+            done[record["stem"]] = record
     return done
 
 
@@ -362,17 +396,20 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             for (p, i), ids in zip(batch, outputs):
                 if finished(p, i):  # written before an interruption; sampled again identically
                     continue
-                path = decode_output(bundle, args.to, ids, stem(p, i), args.video_format)
+                paths = decode_output(bundle, args.to, ids, stem(p, i), args.video_format)
                 record = {
-                    "file": str(path), **settings,
+                    **({"file": str(paths[0])} if args.to != "any" else {}),
+                    "files": [str(path) for path in paths], "stem": str(stem(p, i)), **settings,
                     "prompt": described(p),
                     "sample": i, "batch": b, "prompt_tokens": len(encoded[id(p)]), "new_tokens": len(ids),
                     "seconds": round(took, 4),
                 }  # fmt: skip
                 log.write(json.dumps(record) + "\n")
                 records.append(record)
-                if args.stdout and args.to == "text":
-                    print(path.read_text())
+                if args.stdout:
+                    for path in paths:
+                        if path.suffix == ".txt":
+                            print(path.read_text())
             log.flush()
             if len(batches) > 1:
                 print(f"[generate] batch {b + 1}/{len(batches)}: {len(batch)} samples in {took:.2f} s", file=sys.stderr)

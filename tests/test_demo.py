@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from anyseq import media
 from anyseq.cli import main as anyseq
 from anyseq.demo import DIRECTIONS, PLANS, _held_out, evaluate
 
@@ -21,13 +22,16 @@ def demo(tmp_path_factory):
 def test_every_direction_produces_decodable_outputs(demo):
     progress = json.loads((demo / "progress.json").read_text())
     directions = progress["evaluate"]["directions"]
-    assert set(directions) == {f"{s}->{t}" for s, t in DIRECTIONS}
+    assert set(directions) == {f"{s}->{t}" for s, t in DIRECTIONS} | {"text->any"}
     for name, d in directions.items():
         source, target = name.split("->")
-        suffix = {"image": ".png", "video": ".gif", "audio": ".wav", "text": ".txt"}[target]
-        files = sorted((demo / "samples").glob(f"{source}2{target}_*{suffix}"))
-        assert len(files) >= d["n"], name  # one decoded file per prompt (and per CFG setting)
+        if target != "any":  # (any: a file per segment written, none for an empty record)
+            suffix = {"image": ".png", "video": ".gif", "audio": ".wav", "text": ".txt"}[target]
+            files = sorted((demo / "samples").glob(f"{source}2{target}_*{suffix}"))
+            assert len(files) >= d["n"], name  # one decoded file per prompt (and per CFG setting)
         assert 0.0 <= d["plain"]["accuracy"] <= 1.0 and 0 < d["chance"] < 1
+    # text -> any: the model picked the medium; each caption kind is scored
+    assert set(directions["text->any"]["plain"]["per_attribute"]) == {"medium", "image", "video", "audio"}
 
 
 def test_report_shows_samples_accuracies_and_timings(demo):
@@ -83,6 +87,20 @@ def test_generate_cli_any_to_any(demo, tmp_path, prompt, to, extra, suffix):
     records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(records) == 2 and all(r["file"].endswith(suffix) for r in records)
     assert [p["kind"] for p in records[0]["prompt"]] == [prompt[i][2:] for i in range(0, len(prompt), 2)]
+
+
+def test_to_any_writes_the_rest_of_the_record_in_whichever_media_the_model_opens(demo, tmp_path):
+    out = tmp_path / "out"
+    assert anyseq(["generate", "--checkpoint", str(demo / "model" / "last.ckpt"), "--text", "a blue square moving left",
+                   "--to", "any", "--height", "2", "--width", "2", "--seconds", "0.4", "--max-text-tokens", "6",
+                   "--num-samples", "6", "--out", str(out)]) == 0
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == 6 and all("file" not in r for r in records)
+    readers = {".txt": Path.read_text, ".png": media.read_image, ".gif": media.read_video, ".wav": media.read_audio}
+    for r in records:
+        for j, f in enumerate(r["files"]):
+            assert Path(f).name.startswith(Path(r["stem"]).name + f"_{j}.")
+            readers[Path(f).suffix](Path(f))  # every segment decoded to a readable file
 
 
 def test_generate_errors_name_the_fix(demo, tmp_path, capsys):
@@ -189,7 +207,11 @@ def test_several_samples_per_prompt_are_all_judged_and_the_report_shows_distinct
     plan = replace(PLANS["quick"], samples_per_prompt=3)
     progress = json.loads((demo / "progress.json").read_text())
     result = evaluate(tmp_path, progress["model"]["checkpoint"], Path(progress["world"]["held_out"]), plan, "cpu")
-    for name, d in result["directions"].items():
+    directions = result["directions"]
+    any_ = directions.pop("text->any")  # captions of each medium: n // 3 prompts apiece
+    assert any_["n"] == 3 * 3 * max(1, plan.eval_per_direction // 3)
+    assert len({s["prompt"] for s in any_["samples"]}) == len(any_["samples"]) == 3
+    for name, d in directions.items():
         assert d["n"] == 3 * plan.eval_per_direction, name
         assert len(list((tmp_path / "samples").glob(f"{name.replace('->', '2')}_plain_*"))) == d["n"]
         source, target = name.split("->")
