@@ -218,3 +218,18 @@ def test_several_samples_per_prompt_are_all_judged_and_the_report_shows_distinct
         kind = target if source == "text" else source
         held_out = _held_out(Path(progress["world"]["held_out"]), kind, plan.eval_per_direction)
         assert [s["prompt"] for s in d["samples"]] == [r["text" if source == "text" else kind] for r in held_out], name
+
+
+def test_the_fine_tuning_benchmark_starts_a_media_model_from_a_text_only_one(demo, tmp_path):
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_finetune.py"
+    spec = importlib.util.spec_from_file_location("bench_finetune", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "finetune.json"
+    assert bench.main(["--demo", str(demo), "--work", str(tmp_path / "work"), "--steps", "3", "--seq-len", "64", "--batch-size", "4",
+                       "--val-batches", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["text_only_on_captions"]) == {"loss", "loss_text"}
+    assert {"loss_text", "loss_image", "loss_video", "loss_audio"} <= set(report["fine_tune_start"])
+    assert report["rows"] == {"carried": ["shape/h", "shape/t", "shape/w", "special", "text"],
+                              "fresh": ["audio/0", "audio/1", "visual/0"]}
