@@ -204,6 +204,20 @@ def test_tensor_parallelism_is_refused_with_what_to_use(text_data, tmp_path):
     assert "tensor_parallel_size=2: anyseq shards with FSDP2 only; use --trainer.strategy=fsdp2" in log
 
 
+def test_fsdp1_is_refused_with_what_to_use():
+    """Lightning refuses FSDP1 on a CPU before the model sees it; on a GPU the module does."""
+    from types import SimpleNamespace
+
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    from anyseq.training import AnySeqModule
+
+    module = AnySeqModule()
+    module._trainer = SimpleNamespace(strategy=FSDPStrategy())
+    with pytest.raises(ValueError, match=r"'fsdp' \(FSDP1, one flat unit\) is not supported: use --trainer.strategy=fsdp2"):
+        module._sharding()
+
+
 def test_the_activation_checkpointing_benchmark_runs_and_reports_ratios(tmp_path, monkeypatch):
     import importlib.util
     import json
