@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from anyseq.model import Transformer
-from anyseq.sequence import Constraint
+from anyseq.sequence import Constraint, Ranges
 
 
 @dataclass
@@ -57,6 +57,41 @@ def left_pad(prompts: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
     for i, p in enumerate(prompts):
         ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
     return ids, torch.tensor([width - len(p) for p in prompts], dtype=torch.int32)
+
+
+class AllowedMasks:
+    """Allowed-id masks, built once per distinct set of ranges and kept on the device: a grammar
+    repeats a handful of sets (text, a codebook, one marker), so a step copies nothing to it."""
+
+    def __init__(self, vocab: int, device: torch.device):
+        self.vocab, self.device, self.cache = vocab, device, {}
+
+    def __call__(self, ranges: Ranges) -> Tensor:
+        key = tuple(ranges)
+        if key not in self.cache:
+            mask = torch.zeros(self.vocab, dtype=torch.bool)
+            for lo, hi in ranges:
+                mask[lo:hi] = True
+            self.cache[key] = mask.to(self.device)
+        return self.cache[key]
+
+
+def draw(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """One id per row of (B, V) probabilities, by the inverse of the cumulative distribution.
+
+    Only B uniforms come from the (CPU) generator, so no (B, V) tensor leaves the device and a
+    seed gives the same draws on every run; ids of probability 0 are never drawn.
+    """
+    u = torch.rand(probs.shape[0], generator=generator, dtype=torch.float64)
+    return inverse_cdf(probs, u.to(probs.device))
+
+
+def inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
+    """For each row, the first id whose cumulative probability exceeds ``u`` (B,) in [0, 1) of the total."""
+    cdf = probs.double().cumsum(-1)
+    idx = torch.searchsorted(cdf, u[:, None] * cdf[:, -1:], right=True)
+    last = probs.shape[-1] - 1 - (probs.flip(-1) > 0).int().argmax(-1, keepdim=True)  # when u * total rounds up
+    return torch.minimum(idx, last).squeeze(-1)
 
 
 class _Runner:
@@ -112,7 +147,7 @@ def sample(
     model.eval()
     ids, pads = left_pad(rows, pad_id)
     runner = _Runner(model, ids, pads, max_new_tokens, use_cache)
-    b, vocab = len(prompts), model.config.vocab_size
+    b, masks = len(prompts), AllowedMasks(model.config.vocab_size, runner.device)
     out: list[list[int]] = [[] for _ in range(b)]
     for _ in range(max_new_tokens):
         if all(c.done for c in constraints):
@@ -121,13 +156,12 @@ def sample(
         if guided:
             cond, uncond = logits[:b], logits[b:]
             logits = uncond + options.cfg_scale * (cond - uncond)
-        allowed = torch.stack([c.mask(vocab) if not c.done else _only(pad_id, vocab) for c in constraints])
-        logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
+        allowed = torch.stack([masks(c.allowed()) if not c.done else masks([(pad_id, pad_id + 1)]) for c in constraints])
+        logits = logits.masked_fill(~allowed, float("-inf"))
         if options.temperature == 0:
             tokens = logits.argmax(-1)
         else:
-            probs = filter_logits(logits, options).softmax(-1)
-            tokens = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1)
+            tokens = draw(filter_logits(logits, options).softmax(-1), generator)
         tokens = tokens.cpu()
         for i, c in enumerate(constraints):
             if not c.done:
@@ -135,9 +169,3 @@ def sample(
                 out[i].append(int(tokens[i]))
         runner.append(torch.cat([tokens, tokens]) if guided else tokens)
     return out
-
-
-def _only(token: int, vocab: int) -> Tensor:
-    mask = torch.zeros(vocab, dtype=torch.bool)
-    mask[token] = True
-    return mask

@@ -65,15 +65,6 @@ class Constraint:
         except StopIteration:
             self._allowed = None
 
-    def mask(self, vocab_size: int):
-        """Boolean mask over the vocabulary (torch), True where allowed."""
-        import torch
-
-        mask = torch.zeros(vocab_size, dtype=torch.bool)
-        for lo, hi in self.allowed():
-            mask[lo:hi] = True
-        return mask
-
 
 def one(token: int) -> Ranges:
     return [(token, token + 1)]

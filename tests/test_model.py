@@ -5,7 +5,7 @@ import torch
 
 from anyseq.config import ModelConfig
 from anyseq.model import Transformer, document_positions
-from anyseq.sampling import SamplingOptions, filter_logits, sample
+from anyseq.sampling import SamplingOptions, draw, filter_logits, inverse_cdf, sample
 from anyseq.sequence import Serializer
 from anyseq.vocab import TokenSpace
 
@@ -81,6 +81,17 @@ def test_top_k_and_top_p_keep_the_right_ids():
     assert torch.isfinite(filter_logits(logits, SamplingOptions(top_p=0.85))).tolist() == [[True, True, True, False]]
 
 
+def test_draws_follow_the_probabilities_and_never_pick_a_disallowed_id():
+    probs = torch.tensor([[0.5, 0.0, 0.3, 0.2, 0.0]]).repeat(40000, 1)
+    ids = draw(probs, torch.Generator().manual_seed(0))
+    freq = torch.bincount(ids, minlength=5) / len(ids)
+    assert torch.allclose(freq, probs[0], atol=0.01) and freq[1] == freq[4] == 0
+    assert torch.equal(ids[:100], draw(probs[:100], torch.Generator().manual_seed(0))[:100])  # a seed fixes them
+    # u at the edges: 0 takes the first allowed id, a product that rounds up to the total the last
+    edges = inverse_cdf(torch.tensor([[0.0, 0.6, 0.4, 0.0], [0.0, 0.6, 0.4, 0.0]]), torch.tensor([0.0, 1.0]))
+    assert edges.tolist() == [1, 2]
+
+
 def test_classifier_free_guidance_changes_the_distribution():
     model = tiny()
     space = TokenSpace(400)
@@ -110,3 +121,18 @@ def test_export_refuses_what_llama_cannot_express(tmp_path):
 
     with pytest.raises(ValueError, match="qk_norm"):
         export_hf(tiny(qk_norm=True), tmp_path)
+
+
+def test_the_sampler_benchmark_times_both_ways_of_masking_and_drawing(tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_sampler.py"
+    spec = importlib.util.spec_from_file_location("bench_sampler", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "sampler.json"
+    assert bench.main(["--text-vocab", "100", "--codebook", "64", "--batch", "2", "--steps", "2", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert all(report[k] > 0 for k in ("masks_fresh_ms", "masks_cached_ms", "draw_multinomial_ms", "draw_inverse_cdf_ms"))
