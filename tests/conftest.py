@@ -26,6 +26,22 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture
+def script():
+    """``script("bench_model")``: a module of scripts/ (benchmarks are scripts, not package code)."""
+    import importlib.util
+    from pathlib import Path
+
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load
+
+
+@pytest.fixture
 def one_thread():
     """The test machine is shared: one intra-op thread is steadier than two that spin-wait on each other."""
     before = torch.get_num_threads()

@@ -1,6 +1,5 @@
 """The demo: every direction produces decodable outputs, the report is written, a rerun resumes."""
 
-import importlib.util
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -171,11 +170,8 @@ def test_a_bad_prompts_file_is_refused_before_sampling_naming_the_line(demo, tmp
     assert "not both" in capsys.readouterr().err
 
 
-def test_generation_benchmark_times_the_same_batch_with_and_without_the_cache(demo, tmp_path):
-    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_generate.py"
-    spec = importlib.util.spec_from_file_location("bench_generate", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_generation_benchmark_times_the_same_batch_with_and_without_the_cache(demo, tmp_path, script):
+    bench = script("bench_generate")
     out = tmp_path / "bench.json"
     assert bench.main(["--checkpoint", str(demo / "model" / "last.ckpt"), "--to", "image", "text", "--batch", "2",
                        "--out", str(out)]) == 0
@@ -184,14 +180,11 @@ def test_generation_benchmark_times_the_same_batch_with_and_without_the_cache(de
     assert all(r["new_tokens"] > 0 and r["tokens_per_s_cache"] > 0 and r["tokens_per_s_no_cache"] > 0 for r in rows)
 
 
-def test_the_codec_comparison_trains_each_variant_with_its_arguments_and_judges_it(demo, tmp_path):
-    path = Path(__file__).resolve().parents[1] / "scripts" / "compare_demo_codecs.py"
-    spec = importlib.util.spec_from_file_location("compare_demo_codecs", path)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+def test_the_codec_comparison_trains_each_variant_with_its_arguments_and_judges_it(demo, tmp_path, script):
+    codecs = script("compare_demo_codecs")
     manifest = demo / "world" / "manifest.jsonl"
     istft = f"istft=--model.init_args.tokenizer.decoder=istft --data.init_args.train=[{manifest},{manifest}]"
-    assert script.main(["--world", str(demo), "--out", str(tmp_path), "--steps", "2", "--variant", "conv=",
+    assert codecs.main(["--world", str(demo), "--out", str(tmp_path), "--steps", "2", "--variant", "conv=",
                         "--variant", istft]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     held_out = len(_held_out(demo / "held_out" / "manifest.jsonl", "audio", 1000))
@@ -220,11 +213,8 @@ def test_several_samples_per_prompt_are_all_judged_and_the_report_shows_distinct
         assert [s["prompt"] for s in d["samples"]] == [r["text" if source == "text" else kind] for r in held_out], name
 
 
-def test_the_fine_tuning_benchmark_starts_a_media_model_from_a_text_only_one(demo, tmp_path):
-    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_finetune.py"
-    spec = importlib.util.spec_from_file_location("bench_finetune", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_the_fine_tuning_benchmark_starts_a_media_model_from_a_text_only_one(demo, tmp_path, script):
+    bench = script("bench_finetune")
     out = tmp_path / "finetune.json"
     assert bench.main(["--demo", str(demo), "--work", str(tmp_path / "work"), "--steps", "3", "--seq-len", "64", "--batch-size", "4",
                        "--val-batches", "1", "--out", str(out)]) == 0

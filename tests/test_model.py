@@ -1,5 +1,7 @@
 """The transformer: cache equals no cache, documents never see each other, export equals transformers."""
 
+import json
+
 import pytest
 import torch
 
@@ -123,15 +125,8 @@ def test_export_refuses_what_llama_cannot_express(tmp_path):
         export_hf(tiny(qk_norm=True), tmp_path)
 
 
-def test_the_sampler_benchmark_times_both_ways_of_masking_and_drawing(tmp_path):
-    import importlib.util
-    import json
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_sampler.py"
-    spec = importlib.util.spec_from_file_location("bench_sampler", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+def test_the_sampler_benchmark_times_both_ways_of_masking_and_drawing(tmp_path, script):
+    bench = script("bench_sampler")
     out = tmp_path / "sampler.json"
     assert bench.main(["--text-vocab", "100", "--codebook", "64", "--batch", "2", "--steps", "2", "--out", str(out)]) == 0
     report = json.loads(out.read_text())

@@ -218,14 +218,10 @@ def test_fsdp1_is_refused_with_what_to_use():
         module._sharding()
 
 
-def test_the_activation_checkpointing_benchmark_runs_and_reports_ratios(tmp_path, monkeypatch):
-    import importlib.util
+def test_the_activation_checkpointing_benchmark_runs_and_reports_ratios(tmp_path, monkeypatch, script):
     import json
 
-    path = ROOT / "scripts" / "bench_activation_checkpointing.py"
-    spec = importlib.util.spec_from_file_location("bench_activation_checkpointing", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = script("bench_activation_checkpointing")
     out = tmp_path / "ac.json"
     monkeypatch.setattr(sys, "argv", ["bench", "--presets", "tiny", "--seq", "64", "--steps", "1", "--out", str(out)])
     bench.main()
