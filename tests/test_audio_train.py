@@ -205,3 +205,27 @@ def test_the_schedule_counts_batches_while_lightning_counts_optimizer_steps():
     assert batches(None, 300) == 300  # no discriminators: one optimizer step per batch
     assert batches(100, 300) == 200  # 100 batches of 1 step, then 100 batches of 2 steps
     assert batches(500, 300) == 300
+
+
+def test_the_discriminators_schedule_starts_with_them(corpus, tmp_path):
+    """Before ``discriminator_start_step`` only the codec's optimizer steps, so only its schedule
+    advances; the discriminators' warmup begins with their first step (and torch has no
+    scheduler-before-optimizer complaint)."""
+    import warnings
+
+    import lightning as L
+
+    from anyseq.tokenizers.audio_data import AudioDataModule
+
+    tokenizer = config_from_dict(AudioTokenizerConfig, yaml.safe_load(TINY.read_text())["model"]["init_args"]["tokenizer"])
+    small = DiscriminatorConfig(periods=[2, 3], period_channels=[4, 8], stft_ffts=[256], stft_channels=4)
+    module = AudioTokenizerModule(tokenizer=tokenizer, discriminator=small, discriminator_start_step=2, warmup_steps=2)
+    data = AudioDataModule(train=[str(corpus / "train")], segment_seconds=0.25, segments_per_epoch=16, batch_size=2)
+    trainer = L.Trainer(max_steps=8, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(module, datamodule=data)
+    assert not [w for w in caught if "lr_scheduler.step()" in str(w.message)]
+    sched_g, sched_d = module.lr_schedulers()
+    assert (sched_g.last_epoch, sched_d.last_epoch) == (5, 3)  # 2 batches alone, then 3 with 2 optimizer steps each

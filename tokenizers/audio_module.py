@@ -183,8 +183,10 @@ class AudioTokenizerModule(L.LightningModule):
         losses["quantizer"] = out.aux_loss
 
         schedulers = self.lr_schedulers()
-        for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
-            scheduler.step()
+        sched_g, sched_d = schedulers if isinstance(schedulers, list) else (schedulers, None)
+        sched_g.step()
+        if gan:  # the discriminators' schedule starts with them
+            sched_d.step()
         logs.update({k: v.detach() for k, v in losses.items()})
         logs["si_sdr"] = si_sdr(recon.detach(), wav).mean()
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=wav.shape[0])
@@ -211,18 +213,21 @@ class AudioTokenizerModule(L.LightningModule):
         start = h.discriminator_start_step
         return steps if start is None or steps <= start else start + (steps - start) // 2
 
-    def _adamw(self, params, lr: float):
+    def _adamw(self, params, lr: float, total: int):
         h = self.hparams
         opt = torch.optim.AdamW(params, lr=lr, betas=tuple(h.betas))
-        total = self._total_batches()
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: warmup_cosine(step, h.warmup_steps, total, h.min_lr_ratio))
         return opt, sched
 
     def configure_optimizers(self):
-        opt_g, sched_g = self._adamw(self.tokenizer.parameters(), self.hparams.lr)
+        """The codec's warmup and cosine span every batch; the discriminators' (own warmup
+        included) span the batches from ``discriminator_start_step`` on, so both end together."""
+        total = self._total_batches()
+        opt_g, sched_g = self._adamw(self.tokenizer.parameters(), self.hparams.lr, total)
         if self.discriminators is None:
             return [opt_g], [sched_g]
-        opt_d, sched_d = self._adamw(self.discriminators.parameters(), self.hparams.discriminator_lr or self.hparams.lr)
+        opt_d, sched_d = self._adamw(self.discriminators.parameters(), self.hparams.discriminator_lr or self.hparams.lr,
+                                     max(1, total - self.hparams.discriminator_start_step))
         return [opt_g, opt_d], [sched_g, sched_d]
 
     # -- export ----------------------------------------------------------------------------------
