@@ -76,6 +76,9 @@ class AllowedMasks:
         return self.cache[key]
 
 
+_CDF_DTYPE = {"mps": torch.float32}  # the cumulative sums are float64 elsewhere; Apple's GPUs have none
+
+
 def draw(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """One id per row of (B, V) probabilities, by the inverse of the cumulative distribution.
 
@@ -83,12 +86,12 @@ def draw(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
     seed gives the same draws on every run; ids of probability 0 are never drawn.
     """
     u = torch.rand(probs.shape[0], generator=generator, dtype=torch.float64)
-    return inverse_cdf(probs, u.to(probs.device))
+    return inverse_cdf(probs, u.to(probs.device, _CDF_DTYPE.get(probs.device.type, torch.float64)))
 
 
 def inverse_cdf(probs: Tensor, u: Tensor) -> Tensor:
     """For each row, the first id whose cumulative probability exceeds ``u`` (B,) in [0, 1) of the total."""
-    cdf = probs.double().cumsum(-1)
+    cdf = probs.to(u.dtype).cumsum(-1)
     idx = torch.searchsorted(cdf, u[:, None] * cdf[:, -1:], right=True)
     last = probs.shape[-1] - 1 - (probs.flip(-1) > 0).int().argmax(-1, keepdim=True)  # when u * total rounds up
     return torch.minimum(idx, last).squeeze(-1)
