@@ -92,8 +92,9 @@ class Prompt:
     name: str | None = None  # None: the command line's prompt (files ``{to}_{seed}_{i}``)
 
 
-def read_prompts(path: str | Path) -> list[Prompt]:
-    """The prompts of a JSONL file (manifest records; media paths relative to the file)."""
+def read_prompts(path: str | Path, keep: list[str] | None = None) -> list[Prompt]:
+    """The prompts of a JSONL file (manifest records; media paths relative to the file), with
+    only the ``keep`` modalities of each record if given (a held-out manifest's captions, say)."""
     from anyseq.data.manifest import RecordError, parse_record
 
     path = Path(path)
@@ -108,6 +109,10 @@ def read_prompts(path: str | Path) -> list[Prompt]:
                 raise ValueError(f"{path}:{line}: {e.reason}") from None
             if record is None:
                 continue
+            if keep:
+                record.parts = [p for p in record.parts if p.modality in keep]
+                if not record.parts:
+                    raise ValueError(f"{path}:{line}: no {' or '.join(keep)} segment to keep (--keep)")
             for part in record.parts:
                 if part.path is not None and not part.path.is_file():
                     raise FileNotFoundError(f"{path}:{line}: {part.modality} file {part.path} not found")
@@ -257,6 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--prompts", metavar="FILE",
                    help='many prompts instead: a JSONL file, one manifest record per line ({"text": ...}, '
                         '{"image": "a.png"}, {"segments": [...]}; paths relative to the file; "id" names the files)')
+    g.add_argument("--keep", nargs="+", choices=["text", "image", "video", "audio"], metavar="MODALITY",
+                   help="with --prompts: only these segments of each record (--keep text: a manifest's captions)")
     s = p.add_argument_group("output shape")
     s.add_argument("--height", type=int, help="image/video height in tokens")
     s.add_argument("--width", type=int, help="image/video width in tokens")
@@ -345,7 +352,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         raise ValueError("give the prompt as --text/--image/--video/--audio or as --prompts FILE, not both")
     if args.num_samples < 1 or args.batch_size < 1:
         raise ValueError(f"--num-samples and --batch-size must be at least 1, got {args.num_samples} and {args.batch_size}")
-    prompts = read_prompts(args.prompts) if args.prompts else [Prompt(
+    if args.keep and not args.prompts:
+        raise ValueError("--keep selects segments of --prompts FILE records; there is no --prompts")
+    prompts = read_prompts(args.prompts, args.keep) if args.prompts else [Prompt(
         [("text", Path(v).read_text()) if kind == "text_file" else (kind, v) for kind, v in (args.prompt or [])])]
     dtype = args.dtype or ("bfloat16" if torch.device(args.device).type == "cuda" else "float32")
     bundle = load_bundle(

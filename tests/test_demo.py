@@ -154,6 +154,23 @@ def test_a_prompts_file_is_sampled_in_fixed_batches_and_a_rerun_resumes_them(dem
     assert len(log.read_text().splitlines()) == 12
 
 
+def test_keep_turns_a_held_out_manifest_into_caption_prompts(demo, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert anyseq(["generate", "--checkpoint", str(demo / "model" / "last.ckpt"),
+                   "--prompts", str(demo / "held_out" / "manifest.jsonl"), "--keep", "text", "--to", "image",
+                   "--height", "2", "--width", "2", "--out", str(out)]) == 0
+    records = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    held_out = [json.loads(line) for line in (demo / "held_out" / "manifest.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in records] == [[{"kind": "text", "value": h["text"]}] for h in held_out]
+    assert Path(records[0]["file"]).name == f"image_0_{held_out[0]['id']}_000.png"
+    ckpt = str(demo / "model" / "last.ckpt")
+    assert anyseq(["generate", "--checkpoint", ckpt, "--prompts", str(demo / "held_out" / "manifest.jsonl"),
+                   "--keep", "video", "--out", str(tmp_path / "o")]) == 2
+    assert "manifest.jsonl:1: no video segment to keep" in capsys.readouterr().err
+    assert anyseq(["generate", "--checkpoint", ckpt, "--text", "x", "--keep", "text"]) == 2
+    assert "there is no --prompts" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("line,message", [
     ('{"text": "a", "imag": "x.png"}', "prompts.jsonl:2: unknown keys ['imag']"),
     ('{"image": "missing.png"}', "prompts.jsonl:2: image file"),
