@@ -2,10 +2,10 @@
 
 The prompt is a list of segments given in order (``--text``, ``--image``, ``--video``,
 ``--audio``, repeatable); ``--to`` names the output modality, or ``any``: the model writes the
-rest of the record, text and whichever media it opens (Chameleon's mixed-modal output). Media prompts are encoded by
-the checkpoint's tokenizers, the target is sampled under its grammar (so it always
-decodes), and the result is written as .txt / .png / .gif|.mp4 / .wav plus one line per
-sample in ``samples.jsonl``.
+rest of the record, text and whichever media it opens (Chameleon's mixed-modal output). Media
+prompts are encoded by the checkpoint's tokenizers, the target is sampled under its grammar (so
+it always decodes), and the result is written as .txt / .png / .gif|.mp4 / .wav plus one line
+per sample in ``samples.jsonl``.
 
 Many prompts at once: ``--prompts FILE`` reads one record per line in the manifest's format
 (``{"text": ...}``, ``{"image": "a.png"}``, ``{"segments": [...]}``), and the rows (prompt x
@@ -341,7 +341,10 @@ def _finished(log: Path, settings: dict[str, Any]) -> dict[str, dict]:
     settings = json.loads(json.dumps(settings))  # compare as stored (tuples become lists)
     done = {}
     for line in log.read_text().splitlines():
-        record = json.loads(line)
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # the line being written when a run was killed
+            continue
         if all(record.get(k) == v for k, v in settings.items()) and all(Path(f).exists() for f in record["files"]):
             done[record["stem"]] = record
     return done
@@ -389,6 +392,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         return record is not None and record["prompt"] == described(prompt)
 
     records, new_tokens, seconds, skipped = [], 0, 0.0, 0
+    if log_path.exists() and not log_path.read_bytes().endswith(b"\n") and log_path.stat().st_size:
+        with open(log_path, "a") as log:
+            log.write("\n")  # a killed run's partial line stays alone
     with open(log_path, "a") as log:
         for b, batch in enumerate(batches):
             if all(finished(p, i) for p, i in batch):

@@ -137,12 +137,13 @@ def test_a_prompts_file_is_sampled_in_fixed_batches_and_a_rerun_resumes_them(dem
     assert [p["kind"] for p in records[4]["prompt"]] == ["audio", "text"]
     texts = {r["file"]: Path(r["file"]).read_text() for r in records}
 
-    # interrupted after two samples: the first batch half written, the second not begun
-    log.write_text("".join(line + "\n" for line in log.read_text().splitlines()[:2]))
+    # killed while writing the third sample's line: the first batch half written, the second not begun
+    lines = log.read_text().splitlines()
+    log.write_text("".join(line + "\n" for line in lines[:2]) + lines[2][:40])
     for r in records[2:]:
         Path(r["file"]).unlink()
     assert anyseq(args) == 0
-    again = [json.loads(line) for line in log.read_text().splitlines()]
+    again = [json.loads(line) for line in log.read_text().splitlines() if line != lines[2][:40]]  # the partial line stays
     assert sorted(r["file"] for r in again) == sorted(texts)  # each sample recorded once
     assert {r["file"]: Path(r["file"]).read_text() for r in again} == texts
     capsys.readouterr()
@@ -151,7 +152,7 @@ def test_a_prompts_file_is_sampled_in_fixed_batches_and_a_rerun_resumes_them(dem
     assert "generated 0 x text" in err and "6 already in" in err
     # other settings are other samples, not a resume
     assert anyseq([*args, "--seed", "1"]) == 0
-    assert len(log.read_text().splitlines()) == 12
+    assert len(log.read_text().splitlines()) == 1 + 12  # the killed run's partial line, then 2 x 6 samples
 
 
 def test_keep_turns_a_held_out_manifest_into_caption_prompts(demo, tmp_path, capsys):
