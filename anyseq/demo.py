@@ -249,7 +249,7 @@ def _correct(kind: str, scene: Any, judged: Any) -> dict[str, bool]:
 
 def evaluate(out: Path, checkpoint: str, held_out: Path, plan: Plan, device: str) -> dict[str, Any]:
     from anyseq.checkpoint import load_bundle
-    from anyseq.generate import DEFAULTS, encode_prompt, generate_ids, make_target
+    from anyseq.generate import DEFAULTS, encode_prompt, generate_ids, make_target, prompt_ids
 
     bundle = load_bundle(checkpoint, device=device)
     visual = bundle.tokenizer("visual")
@@ -266,7 +266,7 @@ def evaluate(out: Path, checkpoint: str, held_out: Path, plan: Plan, device: str
         else:
             prompts = [encode_prompt(bundle, kind, base / r[kind]) for r in unique]
         k = plan.samples_per_prompt  # several samples per prompt: CFG's effect is a few points, n=48 is too noisy
-        ids = [bundle.serializer.serialize([p], eos=False).ids.tolist() for p in prompts for _ in range(k)]
+        ids = [prompt_ids(bundle, [p]) for p in prompts for _ in range(k)]
         rows = [r for r in unique for _ in range(k)]
         scenes = [world.parse_caption(r["text"]) for r in rows]
         shape = make_target(bundle, target, height=grid, width=grid, frames=plan.video_frames, seconds=plan.seconds,
@@ -312,12 +312,14 @@ def _evaluate_any(bundle, held_out: Path, plan: Plan, samples_dir: Path, grid: i
 
     Right when its first medium is the caption's and the judges find every attribute in it.
     """
-    from anyseq.generate import DEFAULTS, decode_output, encode_prompt, generate_ids, make_target
+    from anyseq.generate import DEFAULTS, decode_output, encode_prompt, generate_ids, make_target, prompt_ids
 
     kinds = ("image", "video", "audio")
     unique = [r for kind in kinds for r in _held_out(held_out, kind, max(1, plan.eval_per_direction // 3))]
-    rows = [r for r in unique for _ in range(plan.samples_per_prompt)]
-    ids = [bundle.serializer.serialize([encode_prompt(bundle, "text", r["text"])], eos=False).ids.tolist() for r in rows]
+    k = plan.samples_per_prompt
+    rows = [r for r in unique for _ in range(k)]
+    encoded = [prompt_ids(bundle, [encode_prompt(bundle, "text", r["text"])]) for r in unique]
+    ids = [p for p in encoded for _ in range(k)]
     target = make_target(bundle, "any", height=grid, width=grid, frames=plan.video_frames, seconds=plan.seconds,
                          max_text_tokens=24)
     outputs, seconds = generate_ids(bundle, ids, target, DEFAULTS["any"], seed=0)
@@ -331,7 +333,7 @@ def _evaluate_any(bundle, held_out: Path, plan: Plan, samples_dir: Path, grid: i
         verdict = {"medium": right_medium, **_correct(kind, world.parse_caption(row["text"]), judged)}
         row_kinds.append(kind)
         verdicts.append(verdict)
-        if i % plan.samples_per_prompt == 0 and row_kinds[::plan.samples_per_prompt].count(kind) <= 3:  # 3 a medium
+        if i % k == 0 and row_kinds[::k].count(kind) <= 3:  # 3 a medium
             output = {"file": made[0].name} if made else {"text": " | ".join(p.read_text() for p in paths)}
             samples.append({"prompt": row["text"], "caption": row["text"], **output, "verdict": verdict})
     right = [all(v.values()) for v in verdicts]

@@ -84,6 +84,11 @@ def encode_prompt(
     return Segment("audio", tok.encode(wav)[0].cpu().numpy())
 
 
+def prompt_ids(bundle: Bundle, segments: list[Segment]) -> list[int]:
+    """A prompt's ids: <bos> and its segments, without <eos>, so the model continues the record."""
+    return bundle.serializer.serialize(segments, eos=False).ids.tolist()
+
+
 @dataclass
 class Prompt:
     """One prompt: its segments as (kind, text or path), and the name its output files carry."""
@@ -118,7 +123,8 @@ def read_prompts(path: str | Path, keep: list[str] | None = None) -> list[Prompt
                     raise FileNotFoundError(f"{path}:{line}: {part.modality} file {part.path} not found")
             name = re.sub(r"[^\w-]", "_", record.id) if record.id is not None else f"line{line}"
             if name in names:
-                raise ValueError(f"{path}:{line}: id {record.id!r} names line {names[name]}'s files too; ids must differ")
+                raise ValueError(f"{path}:{line}: id {record.id!r} names line {names[name]}'s files too; "
+                                 "ids must differ")
             names[name] = line
             segments = [(p.modality, p.text if p.path is None else str(p.path)) for p in record.parts]
             prompts.append(Prompt(segments, name))
@@ -183,7 +189,8 @@ def make_target(
 
 def target_for(bundle: Bundle, args: argparse.Namespace) -> Target:
     height, width = args.height, args.width
-    if args.to in ("image", "video", "any") and (height is None or width is None) and "image" in bundle.serializer.grammars:
+    visual = "image" in bundle.serializer.grammars
+    if args.to in ("image", "video", "any") and (height is None or width is None) and visual:
         f = bundle.tokenizer("visual").compression["height"]
         height = height if height is not None else (args.height_px // f if args.height_px else None)
         width = width if width is not None else (args.width_px // f if args.width_px else None)
@@ -271,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--width-px", type=int, help="image/video width in pixels")
     s.add_argument("--frames", type=int, default=5, help="video frames (rounded to 1 + k * temporal factor)")
     s.add_argument("--seconds", type=float, default=1.0, help="audio length")
-    s.add_argument("--max-text-tokens", type=int, default=64, help="longest text answer (for any: text beside the media)")
+    s.add_argument("--max-text-tokens", type=int, default=64,
+                   help="longest text answer (for any: text beside the media)")
     s.add_argument("--image-size", type=int, help="resize prompt images/videos to this square size first")
     s.add_argument("--video-frames", type=int, help="read at most this many prompt video frames")
     k = p.add_argument_group("sampling (defaults depend on --to)")
@@ -293,7 +301,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the transformer's dtype (bfloat16 on CUDA, float32 elsewhere)")
     t = p.add_argument_group("tokenizer locations (when moved since training)")
     for kind in ("text", "visual", "audio"):
-        t.add_argument(f"--{kind}-tokenizer", metavar="PATH", help=f"the {kind} tokenizer, instead of the path the checkpoint recorded")
+        t.add_argument(f"--{kind}-tokenizer", metavar="PATH",
+                       help=f"the {kind} tokenizer, instead of the path the checkpoint recorded")
     return p
 
 
@@ -350,11 +359,23 @@ def _finished(log: Path, settings: dict[str, Any]) -> dict[str, dict]:
     return done
 
 
+def _open_log(path: Path):
+    """``samples.jsonl`` for appending, on a fresh line: a killed run may have left half of one."""
+    log = path.open("a")
+    if log.tell():
+        with path.open("rb") as f:
+            f.seek(-1, 2)
+            if f.read(1) != b"\n":
+                log.write("\n")
+    return log
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.prompts and args.prompt:
         raise ValueError("give the prompt as --text/--image/--video/--audio or as --prompts FILE, not both")
     if args.num_samples < 1 or args.batch_size < 1:
-        raise ValueError(f"--num-samples and --batch-size must be at least 1, got {args.num_samples} and {args.batch_size}")
+        raise ValueError(f"--num-samples and --batch-size must be at least 1, "
+                         f"got {args.num_samples} and {args.batch_size}")
     if args.keep and not args.prompts:
         raise ValueError("--keep selects segments of --prompts FILE records; there is no --prompts")
     prompts = read_prompts(args.prompts, args.keep) if args.prompts else [Prompt(
@@ -392,18 +413,16 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         return record is not None and record["prompt"] == described(prompt)
 
     records, new_tokens, seconds, skipped = [], 0, 0.0, 0
-    if log_path.exists() and not log_path.read_bytes().endswith(b"\n") and log_path.stat().st_size:
-        with open(log_path, "a") as log:
-            log.write("\n")  # a killed run's partial line stays alone
-    with open(log_path, "a") as log:
+    with _open_log(log_path) as log:
         for b, batch in enumerate(batches):
             if all(finished(p, i) for p, i in batch):
                 skipped += len(batch)
                 continue
             for p, _ in batch:
                 if id(p) not in encoded:
-                    segments = [encode_prompt(bundle, kind, v, args.image_size, args.video_frames) for kind, v in p.segments]
-                    encoded[id(p)] = bundle.serializer.serialize(segments, eos=False).ids.tolist()
+                    segments = [encode_prompt(bundle, kind, v, args.image_size, args.video_frames)
+                                for kind, v in p.segments]
+                    encoded[id(p)] = prompt_ids(bundle, segments)
             outputs, took = generate_ids(bundle, [encoded[id(p)] for p, _ in batch], target, options,
                                          batch_seed(args.seed, b), use_cache=not args.no_cache)
             seconds += took

@@ -66,13 +66,17 @@ class AllowedMasks:
     def __init__(self, vocab: int, device: torch.device):
         self.vocab, self.device, self.cache = vocab, device, {}
 
+    @staticmethod
+    def build(ranges: Ranges, vocab: int) -> Tensor:
+        mask = torch.zeros(vocab, dtype=torch.bool)
+        for lo, hi in ranges:
+            mask[lo:hi] = True
+        return mask
+
     def __call__(self, ranges: Ranges) -> Tensor:
         key = tuple(ranges)
         if key not in self.cache:
-            mask = torch.zeros(self.vocab, dtype=torch.bool)
-            for lo, hi in ranges:
-                mask[lo:hi] = True
-            self.cache[key] = mask.to(self.device)
+            self.cache[key] = self.build(ranges, self.vocab).to(self.device)
         return self.cache[key]
 
 
@@ -159,7 +163,7 @@ def sample(
         if guided:
             cond, uncond = logits[:b], logits[b:]
             logits = uncond + options.cfg_scale * (cond - uncond)
-        allowed = torch.stack([masks(c.allowed()) if not c.done else masks([(pad_id, pad_id + 1)]) for c in constraints])
+        allowed = torch.stack([masks([(pad_id, pad_id + 1)] if c.done else c.allowed()) for c in constraints])
         logits = logits.masked_fill(~allowed, float("-inf"))
         if options.temperature == 0:
             tokens = logits.argmax(-1)

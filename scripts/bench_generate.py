@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from anyseq.checkpoint import load_bundle
-from anyseq.generate import DEFAULTS, encode_prompt, generate_ids, make_target
+from anyseq.generate import DEFAULTS, encode_prompt, generate_ids, make_target, prompt_ids
 
 PROMPTS = {
     "text": "two short high beeps",  # continued as text
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     bundle = load_bundle(args.checkpoint, device=args.device)
     rows = []
     for to in args.to:
-        prompt = bundle.serializer.serialize([encode_prompt(bundle, "text", PROMPTS[to])], eos=False).ids.tolist()
+        prompt = prompt_ids(bundle, [encode_prompt(bundle, "text", PROMPTS[to])])
         target = make_target(bundle, to, height=args.height, width=args.height, frames=args.frames,
                              seconds=args.seconds, max_text_tokens=24)
         options = DEFAULTS[to] if to == "text" else replace(DEFAULTS[to], cfg_scale=3.0)

@@ -37,13 +37,6 @@ def per_step_ms(fn, steps: int, device: torch.device) -> float:
     return (time.perf_counter() - start) / steps * 1e3
 
 
-def fresh_mask(ranges, vocab: int) -> torch.Tensor:
-    mask = torch.zeros(vocab, dtype=torch.bool)
-    for lo, hi in ranges:
-        mask[lo:hi] = True
-    return mask
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--text-vocab", type=int, default=32000)
@@ -67,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     generator = torch.Generator().manual_seed(0)
     report = {
         "vocab": vocab, "batch": args.batch, "device": str(device), "threads": torch.get_num_threads(),
-        "masks_fresh_ms": per_step_ms(lambda: step(lambda r: fresh_mask(r, vocab).to(device)), args.steps, device),
+        "masks_fresh_ms": per_step_ms(lambda: step(lambda r: AllowedMasks.build(r, vocab).to(device)), args.steps,
+                                      device),
         "masks_cached_ms": per_step_ms(lambda: step(masks), args.steps, device),
         "draw_multinomial_ms": per_step_ms(lambda: torch.multinomial(probs.cpu(), 1, generator=generator).to(device),
                                            args.steps, device),

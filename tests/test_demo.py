@@ -234,8 +234,8 @@ def test_several_samples_per_prompt_are_all_judged_and_the_report_shows_distinct
 def test_the_fine_tuning_benchmark_starts_a_media_model_from_a_text_only_one(demo, tmp_path, script):
     bench = script("bench_finetune")
     out = tmp_path / "finetune.json"
-    assert bench.main(["--demo", str(demo), "--work", str(tmp_path / "work"), "--steps", "3", "--seq-len", "64", "--batch-size", "4",
-                       "--val-batches", "1", "--out", str(out)]) == 0
+    assert bench.main(["--demo", str(demo), "--work", str(tmp_path / "work"), "--steps", "3", "--seq-len", "64",
+                       "--batch-size", "4", "--val-batches", "1", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert set(report["text_only_on_captions"]) == {"loss", "loss_text"}
     assert {"loss_text", "loss_image", "loss_video", "loss_audio"} <= set(report["fine_tune_start"])
