@@ -182,7 +182,7 @@ def stage_media_tokenizer(
     as wide; a higher learning rate suits the short run. Audio: 50 frames/s x 2 levels
     (100 tokens/s), so one clip and its caption fit one training row, and the mel loss leads
     (the judges hear pitch and loudness, not waveform phase). ``extra`` arguments go last
-    (scripts/compare_demo_codecs.py tries variants with them).
+    (scripts/compare_demo_tokenizers.py tries variants with them).
     """
     export = out / "tokenizers" / kind
     data = {
@@ -240,7 +240,8 @@ def _chance(kind: str) -> float:
     return math.prod(1 / len(v) for v in world.attributes(kind).values())
 
 
-def _correct(kind: str, scene: Any, judged: Any) -> dict[str, bool]:
+def attributes_right(kind: str, scene: Any, judged: Any) -> dict[str, bool]:
+    """Which attributes of ``scene`` the judge saw (all wrong when it saw nothing)."""
     names = world.attributes(kind)
     if judged is None:
         return {name: False for name in names}
@@ -282,10 +283,10 @@ def evaluate(out: Path, checkpoint: str, held_out: Path, plan: Plan, device: str
                 path = _decode(bundle, target, new, stem)
                 if target == "text":
                     text = path.read_text()
-                    verdict = _correct(kind, scene, world.parse_caption(text))
+                    verdict = attributes_right(kind, scene, world.parse_caption(text))
                     output = {"text": text}
                 else:
-                    verdict = _correct(kind, scene, judges.judge(kind, _read(path, target, plan), plan.sample_rate))
+                    verdict = attributes_right(kind, scene, judges.judge(kind, _read(path, target, plan), plan.sample_rate))
                     output = {"file": path.name}
                 correct.append(verdict)
                 if name == ("guided" if target != "text" else "plain") and i % k == 0 and i < 8 * k:  # 8 prompts
@@ -330,7 +331,7 @@ def _evaluate_any(bundle, held_out: Path, plan: Plan, samples_dir: Path, grid: i
         made = [p for p in paths if p.suffix in MEDIUM_OF_SUFFIX]
         right_medium = bool(made) and MEDIUM_OF_SUFFIX[made[0].suffix] == kind
         judged = judges.judge(kind, _read(made[0], kind, plan), plan.sample_rate) if right_medium else None
-        verdict = {"medium": right_medium, **_correct(kind, world.parse_caption(row["text"]), judged)}
+        verdict = {"medium": right_medium, **attributes_right(kind, world.parse_caption(row["text"]), judged)}
         row_kinds.append(kind)
         verdicts.append(verdict)
         if i % k == 0 and row_kinds[::k].count(kind) <= 3:  # 3 a medium
@@ -388,7 +389,7 @@ def tokenizer_metrics(out: Path, toks: dict[str, str], held_out: Path, plan: Pla
         metrics[name] = module.evaluate_folder(tokenizer, held_out, out / "tokenizer_eval" / name)
         for kind in ("image", "video") if name == "visual" else ("audio",):
             pairs = judged_round_trips(tokenizer, kind, held_out, plan)
-            metrics["judged_round_trip"][kind] = float(np.mean([all(_correct(kind, *p).values()) for p in pairs]))
+            metrics["judged_round_trip"][kind] = float(np.mean([all(attributes_right(kind, *p).values()) for p in pairs]))
     return metrics
 
 

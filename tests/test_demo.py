@@ -198,19 +198,34 @@ def test_generation_benchmark_times_the_same_batch_with_and_without_the_cache(de
     assert all(r["new_tokens"] > 0 and r["tokens_per_s_cache"] > 0 and r["tokens_per_s_no_cache"] > 0 for r in rows)
 
 
-def test_the_codec_comparison_trains_each_variant_with_its_arguments_and_judges_it(demo, tmp_path, script):
-    codecs = script("compare_demo_codecs")
+def test_the_tokenizer_comparison_trains_each_variant_with_its_arguments_and_judges_it(demo, tmp_path, script):
+    compare = script("compare_demo_tokenizers")
     manifest = demo / "world" / "manifest.jsonl"
     istft = f"istft=--model.init_args.tokenizer.decoder=istft --data.init_args.train=[{manifest},{manifest}]"
-    assert codecs.main(["--world", str(demo), "--out", str(tmp_path), "--steps", "2", "--variant", "conv=",
-                        "--variant", istft]) == 0
+    assert compare.main(["--kind", "audio", "--world", str(demo), "--out", str(tmp_path), "--steps", "2",
+                         "--variant", "conv=", "--variant", istft]) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     held_out = len(_held_out(demo / "held_out" / "manifest.jsonl", "audio", 1000))
     for name, decoder in (("conv", "conv"), ("istft", "istft")):
-        row = results[name]
-        assert row["n"] == held_out == sum(row["heard"].values()) and 0.0 <= row["judged_legible"] <= 1.0
+        row = results[name]["audio"]
+        assert row["n"] == held_out == sum(row["heard"]["pattern"].values())
+        assert row["judged_legible"] == row["per_attribute"]["pattern"]
         config = json.loads((tmp_path / name / "tokenizers" / "audio" / "config.json").read_text())["config"]
         assert config["decoder"] == decoder and config["frame_rate"] == 50  # the demo's recipe, then the variant's
+
+
+def test_the_visual_comparison_judges_images_and_videos_attribute_by_attribute(demo, tmp_path, script):
+    compare = script("compare_demo_tokenizers")
+    assert compare.main(["--kind", "visual", "--world", str(demo), "--out", str(tmp_path), "--steps", "2",
+                         "--variant", "narrow=--model.init_args.tokenizer.latent_dim=4"]) == 0
+    row = json.loads((tmp_path / "results.json").read_text())["narrow"]
+    for kind, names in (("image", {"colour", "shape", "size", "position"}), ("video", {"colour", "shape", "direction"})):
+        judged = row[kind]
+        assert set(judged["per_attribute"]) == set(judged["heard"]) == names
+        assert all(sum(counts.values()) == judged["n"] for counts in judged["heard"].values())
+        assert judged["judged_legible"] <= min(judged["per_attribute"].values())
+    config = json.loads((tmp_path / "narrow" / "tokenizers" / "visual" / "config.json").read_text())["config"]
+    assert config["quantizer"]["codebook_size"] == 1000 and config["latent_dim"] == 4  # the demo's, then the variant's
 
 
 def test_several_samples_per_prompt_are_all_judged_and_the_report_shows_distinct_prompts(demo, tmp_path):

@@ -1,0 +1,74 @@
+"""The demo's visual tokenizer or audio codec trained in variants, each judged on held-out media (an experiment, not a test).
+
+    .venv/bin/python scripts/compare_demo_tokenizers.py --kind audio --steps 600 --out runs/demo_codecs \
+        --variant conv= --variant istft=--model.init_args.tokenizer.decoder=istft
+
+Each variant is ``"name=ARG ARG ..."`` (split like a shell line): ``anyseq fit`` arguments
+appended to the demo's own recipe for ``--kind`` (``anyseq.demo.stage_media_tokenizer``). The
+demo's world is written under ``--out`` unless ``--world`` points at an existing demo output.
+Prints and writes, per variant, the training seconds, the share of held-out media judged right
+through the tokenizer (every attribute; images and videos for the visual tokenizer), each
+attribute's share and its confusions (true value -> judged value). Use one thread per variant
+(OMP_NUM_THREADS=1) and run variants side by side on separate cores to compare times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import shlex
+import time
+from pathlib import Path
+from typing import Any
+
+from anyseq import demo, world
+from anyseq.tokenizers.base import load_tokenizer
+
+MEDIA = {"visual": ("image", "video"), "audio": ("audio",)}
+
+
+def judged(tokenizer, kind: str, held_out: Path, plan: demo.Plan) -> dict[str, Any]:
+    """How the judges read the tokenizer's reconstructions of the held-out media of ``kind``."""
+    pairs = demo.judged_round_trips(tokenizer, kind, held_out, plan)
+    verdicts = [demo.attributes_right(kind, *pair) for pair in pairs]
+    heard = {name: collections.Counter(f"{getattr(truth, name)} -> {getattr(seen, name) if seen else 'nothing'}"
+                                       for truth, seen in pairs) for name in world.attributes(kind)}
+    return {"judged_legible": sum(all(v.values()) for v in verdicts) / len(pairs), "n": len(pairs),
+            "per_attribute": {name: sum(v[name] for v in verdicts) / len(pairs) for name in heard},
+            "heard": {name: dict(sorted(counts.items())) for name, counts in heard.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kind", choices=sorted(MEDIA), required=True, help="which of the demo's tokenizers")
+    parser.add_argument("--variant", action="append", required=True, help="'name=ARG ARG ...' (anyseq fit arguments)")
+    parser.add_argument("--steps", type=int, help="training steps (default: the demo plan's for --kind)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--world", type=Path, help="an `anyseq demo` output folder whose world/ and held_out/ to reuse")
+    args = parser.parse_args(argv)
+    plan = demo.PLANS["default"]
+    steps = args.steps or {"visual": plan.visual_steps, "audio": plan.audio_steps}[args.kind]
+    if args.world:
+        manifest, held_out = args.world / "world" / "manifest.jsonl", args.world / "held_out" / "manifest.jsonl"
+    else:
+        paths = demo.stage_world(args.out, plan)
+        manifest, held_out = Path(paths["manifest"]), Path(paths["held_out"])
+    results = {}
+    for variant in args.variant:
+        name, _, extra = variant.partition("=")
+        start = time.perf_counter()
+        trained = demo.stage_media_tokenizer(args.out / name, args.kind, manifest, steps, plan,
+                                             tuple(shlex.split(extra)))
+        seconds = time.perf_counter() - start
+        tokenizer = load_tokenizer(trained["path"])
+        results[name] = {"arguments": extra, "steps": steps, "train_seconds": round(seconds, 1),
+                         **{kind: judged(tokenizer, kind, held_out, plan) for kind in MEDIA[args.kind]}}
+        print(json.dumps({name: results[name]}, indent=2), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
