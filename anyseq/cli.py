@@ -45,6 +45,9 @@ def lightning_cli(argv: list[str]) -> None:
 
     with warnings.catch_warnings():  # argv is always given on purpose: the console's or the demo's
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+        # The tokenizers optimise by hand and resume from the weights after a step, which is what
+        # the checkpoint holds; Lightning's advice (save the weights before the step) does not apply.
+        warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
         LightningCLI(
             LightningModule,
             LightningDataModule,
