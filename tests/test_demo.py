@@ -228,6 +228,19 @@ def test_the_visual_comparison_judges_images_and_videos_attribute_by_attribute(d
     assert config["quantizer"]["codebook_size"] == 1000 and config["latent_dim"] == 4  # the demo's, then the variant's
 
 
+def test_the_seed_spread_trains_the_transformer_again_and_judges_it_as_the_demo_does(demo, tmp_path, script):
+    seeds = script("demo_seeds")
+    assert seeds.main(["--demo", str(demo), "--seeds", "1", "--out", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results) == {"0", "1"} and set(results["1"]) == set(results["0"])  # the demo's own run is seed 0
+    assert "seed_everything: 1" in (tmp_path / "seed_1" / "runs" / "model" / "log" / "version_0" / "config.yaml").read_text()
+    checkpoint = tmp_path / "seed_1" / "model" / "last.ckpt"
+    trained_at = checkpoint.stat().st_mtime_ns
+    assert seeds.main(["--demo", str(demo), "--seeds", "1", "--out", str(tmp_path)]) == 0
+    assert checkpoint.stat().st_mtime_ns == trained_at  # a seed in the results is not trained again
+    assert json.loads((tmp_path / "results.json").read_text()) == results
+
+
 def test_several_samples_per_prompt_are_all_judged_and_the_report_shows_distinct_prompts(demo, tmp_path):
     """CFG's effect is a few points: the default judges 4 samples of every held-out prompt."""
     plan = replace(PLANS["quick"], samples_per_prompt=3)
