@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from anyseq import demo, world
+from anyseq.helpers import HelpFormatter
 from anyseq.tokenizers.base import load_tokenizer
 
 MEDIA = {"visual": ("image", "video"), "audio": ("audio",)}
@@ -40,11 +41,11 @@ def judged(tokenizer, kind: str, held_out: Path, plan: demo.Plan) -> dict[str, A
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
     parser.add_argument("--kind", choices=sorted(MEDIA), required=True, help="which of the demo's tokenizers")
     parser.add_argument("--variant", action="append", required=True, help="'name=ARG ARG ...' (anyseq fit arguments)")
     parser.add_argument("--steps", type=int, help="training steps (default: the demo plan's for --kind)")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True, help="folder for each variant's run and results.json")
     parser.add_argument("--world", type=Path, help="an `anyseq demo` output folder whose world/ and held_out/ to reuse")
     args = parser.parse_args(argv)
     plan = demo.PLANS["default"]
