@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import collections
 import csv
 import html
 import json
@@ -388,6 +389,9 @@ def _round_trip(tokenizer, kind: str, path: Path, plan: Plan) -> np.ndarray:
     return media.tensor_to_image(decoded) if kind == "image" else media.tensor_to_video(decoded)
 
 
+MEDIA_OF = {"visual": ("image", "video"), "audio": ("audio",)}  # what each media tokenizer codes
+
+
 def tokenizer_metrics(out: Path, toks: dict[str, str], held_out: Path, plan: Plan) -> dict[str, Any]:
     """Reconstruction metrics, and the judges' accuracy on reconstructions of held-out media:
     the reference for every text -> media direction (a sample is as legible as its decoder makes it)."""
@@ -398,18 +402,25 @@ def tokenizer_metrics(out: Path, toks: dict[str, str], held_out: Path, plan: Pla
     for name, module in (("visual", visual_eval), ("audio", audio_eval)):
         tokenizer = load_tokenizer(toks[name])
         metrics[name] = module.evaluate_folder(tokenizer, held_out, out / "tokenizer_eval" / name)
-        for kind in ("image", "video") if name == "visual" else ("audio",):
-            pairs = judged_round_trips(tokenizer, kind, held_out, plan)
-            metrics["judged_round_trip"][kind] = float(np.mean([all(attributes_right(kind, *p).values()) for p in pairs]))
+        for kind in MEDIA_OF[name]:
+            metrics["judged_round_trip"][kind] = legibility(tokenizer, kind, held_out, plan)["judged_legible"]
     return metrics
 
 
-def judged_round_trips(tokenizer, kind: str, held_out: Path, plan: Plan) -> list[tuple[Any, Any]]:
-    """(true scene, scene the judge sees in the reconstruction) for the first held-out media of ``kind``."""
+def legibility(tokenizer, kind: str, held_out: Path, plan: Plan) -> dict[str, Any]:
+    """How the judges read the tokenizer's reconstructions of the first held-out media of ``kind``:
+    the share with every attribute right, each attribute's share, and what each value was taken for."""
     rows = _held_out(held_out, kind, plan.eval_per_direction)
-    return [(world.parse_caption(r["text"]),
-             judges.judge(kind, _round_trip(tokenizer, kind, held_out.parent / r[kind], plan), plan.sample_rate))
-            for r in rows]
+    pairs = [(world.parse_caption(r["text"]),
+              judges.judge(kind, _round_trip(tokenizer, kind, held_out.parent / r[kind], plan), plan.sample_rate))
+             for r in rows]
+    verdicts = [attributes_right(kind, *pair) for pair in pairs]
+    names = world.attributes(kind)
+    heard = {name: collections.Counter(f"{getattr(truth, name)} -> {getattr(seen, name) if seen else 'nothing'}"
+                                       for truth, seen in pairs) for name in names}
+    return {"judged_legible": sum(all(v.values()) for v in verdicts) / len(pairs), "n": len(pairs),
+            "per_attribute": {name: sum(v[name] for v in verdicts) / len(pairs) for name in names},
+            "heard": {name: dict(sorted(counts.items())) for name, counts in heard.items()}}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,34 +15,19 @@ attribute's share and its confusions (true value -> judged value). Use one threa
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import shlex
 import time
 from pathlib import Path
-from typing import Any
 
-from anyseq import demo, world
+from anyseq import demo
 from anyseq.helpers import HelpFormatter
 from anyseq.tokenizers.base import load_tokenizer
-
-MEDIA = {"visual": ("image", "video"), "audio": ("audio",)}
-
-
-def judged(tokenizer, kind: str, held_out: Path, plan: demo.Plan) -> dict[str, Any]:
-    """How the judges read the tokenizer's reconstructions of the held-out media of ``kind``."""
-    pairs = demo.judged_round_trips(tokenizer, kind, held_out, plan)
-    verdicts = [demo.attributes_right(kind, *pair) for pair in pairs]
-    heard = {name: collections.Counter(f"{getattr(truth, name)} -> {getattr(seen, name) if seen else 'nothing'}"
-                                       for truth, seen in pairs) for name in world.attributes(kind)}
-    return {"judged_legible": sum(all(v.values()) for v in verdicts) / len(pairs), "n": len(pairs),
-            "per_attribute": {name: sum(v[name] for v in verdicts) / len(pairs) for name in heard},
-            "heard": {name: dict(sorted(counts.items())) for name, counts in heard.items()}}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpFormatter)
-    parser.add_argument("--kind", choices=sorted(MEDIA), required=True, help="which of the demo's tokenizers")
+    parser.add_argument("--kind", choices=sorted(demo.MEDIA_OF), required=True, help="which of the demo's tokenizers")
     parser.add_argument("--variant", action="append", required=True, help="'name=ARG ARG ...' (anyseq fit arguments)")
     parser.add_argument("--steps", type=int, help="training steps (default: the demo plan's for --kind)")
     parser.add_argument("--out", type=Path, required=True, help="folder for each variant's run and results.json")
@@ -64,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - start
         tokenizer = load_tokenizer(trained["path"])
         results[name] = {"arguments": extra, "steps": steps, "train_seconds": round(seconds, 1),
-                         **{kind: judged(tokenizer, kind, held_out, plan) for kind in MEDIA[args.kind]}}
+                         **{kind: demo.legibility(tokenizer, kind, held_out, plan) for kind in demo.MEDIA_OF[args.kind]}}
         print(json.dumps({name: results[name]}, indent=2), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))

@@ -241,6 +241,13 @@ def test_the_seed_spread_trains_the_transformer_again_and_judges_it_as_the_demo_
     assert json.loads((tmp_path / "results.json").read_text()) == results
 
 
+def test_the_seed_spread_refuses_a_folder_that_is_not_a_finished_demo(tmp_path, script, capsys):
+    with pytest.raises(SystemExit):
+        script("demo_seeds").main(["--demo", str(tmp_path), "--seeds", "1", "--out", str(tmp_path / "out")])
+    error = capsys.readouterr().err
+    assert f"{tmp_path / 'progress.json'}: not a finished demo" in error and "anyseq demo --out" in error
+
+
 def test_several_samples_per_prompt_are_all_judged_and_the_report_shows_distinct_prompts(demo, tmp_path):
     """CFG's effect is a few points: the default judges 4 samples of every held-out prompt."""
     plan = replace(PLANS["quick"], samples_per_prompt=3)
