@@ -130,7 +130,7 @@ class Progress:
         if todo:
             print(f"[demo] {' + '.join(todo)} (side by side) ...", flush=True)
             with multiprocessing.get_context("spawn").Pool(len(todo)) as pool:
-                pending = {name: pool.apply_async(_timed_one_thread, job) for name, job in todo.items()}
+                pending = {name: pool.apply_async(timed_one_thread, job) for name, job in todo.items()}
                 for name, job in pending.items():
                     self.done[name] = job.get()
                     self.path.write_text(json.dumps(self.done, indent=2))
@@ -138,7 +138,8 @@ class Progress:
         return {name: self.done[name] for name in stages}
 
 
-def _timed_one_thread(fn: Callable[..., dict[str, Any]], args: tuple) -> dict[str, Any]:
+def timed_one_thread(fn: Callable[..., dict[str, Any]], args: tuple) -> dict[str, Any]:
+    """``fn(*args)`` on one thread, with its seconds: a job for a spawned process beside others."""
     torch.set_num_threads(1)
     start = time.perf_counter()
     result = fn(*args)
@@ -220,7 +221,7 @@ def stage_tokenize(out: Path, manifest: Path, toks: dict[str, str], plan: Plan) 
 
 def stage_model(out: Path, shards: str, plan: Plan, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """The unified transformer on the shards; ``extra`` ``anyseq fit`` arguments go last
-    (scripts/demo_seeds.py trains it again with other seeds)."""
+    (scripts/compare_demo_transformers.py trains it again in variants and with other seeds)."""
     root = out / "runs" / "model"
     overrides = json.dumps(dict(plan.model_overrides))
     _cli(["fit", "--config", str(CONFIGS / "train" / "demo.yaml"),
@@ -234,6 +235,16 @@ def stage_model(out: Path, shards: str, plan: Plan, extra: tuple[str, ...] = ())
           f"--trainer.callbacks.dirpath={out / 'model'}", "--trainer.callbacks.save_last=true",
           *_quiet_trainer(root, plan.model_steps, plan), *extra])
     return {"checkpoint": str(out / "model" / "last.ckpt"), "metrics": str(root / "log" / "version_0" / "metrics.csv")}
+
+
+def retrain_model(out: Path, shards: str, held_out: Path, plan: Plan, extra: tuple[str, ...], device: str) -> dict:
+    """The transformer stage again with ``extra`` arguments, judged as the demo judges its own
+    (scripts/compare_demo_transformers.py runs variants and seeds of it side by side)."""
+    start = time.perf_counter()
+    model = stage_model(out, shards, plan, extra)
+    train_seconds = time.perf_counter() - start
+    evaluated = evaluate(out, model["checkpoint"], held_out, plan, device)
+    return {**model, "train_seconds": train_seconds, "directions": evaluated["directions"]}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -228,22 +228,37 @@ def test_the_visual_comparison_judges_images_and_videos_attribute_by_attribute(d
     assert config["quantizer"]["codebook_size"] == 1000 and config["latent_dim"] == 4  # the demo's, then the variant's
 
 
-def test_the_seed_spread_trains_the_transformer_again_and_judges_it_as_the_demo_does(demo, tmp_path, script):
-    seeds = script("demo_seeds")
-    assert seeds.main(["--demo", str(demo), "--seeds", "1", "--out", str(tmp_path)]) == 0
+def test_the_transformer_comparison_trains_variants_and_seeds_and_judges_them_as_the_demo_does(demo, tmp_path,
+                                                                                                  script):
+    compare = script("compare_demo_transformers")
+    argv = ["--demo", str(demo), "--out", str(tmp_path), "--seeds", "1", "2", "--jobs", "2",
+            "--variant", "base=", "--variant", "lr=--model.init_args.lr=4e-3"]
+    assert compare.main(argv) == 0
     results = json.loads((tmp_path / "results.json").read_text())
-    assert set(results) == {"0", "1"} and set(results["1"]) == set(results["0"])  # the demo's own run is seed 0
-    assert "seed_everything: 1" in (tmp_path / "seed_1" / "runs" / "model" / "log" / "version_0" / "config.yaml").read_text()
-    checkpoint = tmp_path / "seed_1" / "model" / "last.ckpt"
+    assert set(results) == {"demo", "base", "lr"} and set(results["demo"]["seeds"]) == {"0"}  # the demo's own run
+    assert set(results["base"]["seeds"]) == set(results["lr"]["seeds"]) == {"1", "2"}
+    own = results["demo"]["seeds"]["0"]
+    for run in (*results["base"]["seeds"].values(), *results["lr"]["seeds"].values()):
+        assert set(run["directions"]) == set(own["directions"]) and run["train_seconds"] > 0
+    config = (tmp_path / "lr" / "seed_2" / "runs" / "model" / "log" / "version_0" / "config.yaml").read_text()
+    assert "seed_everything: 2" in config and "lr: 0.004" in config
+    checkpoint = tmp_path / "base" / "seed_1" / "model" / "last.ckpt"
     trained_at = checkpoint.stat().st_mtime_ns
-    assert seeds.main(["--demo", str(demo), "--seeds", "1", "--out", str(tmp_path)]) == 0
-    assert checkpoint.stat().st_mtime_ns == trained_at  # a seed in the results is not trained again
+    assert compare.main(argv[:-4]) == 0  # base (the default variant) seeds 1 and 2 again
+    assert checkpoint.stat().st_mtime_ns == trained_at  # a run in the results is not trained again
     assert json.loads((tmp_path / "results.json").read_text()) == results
 
 
-def test_the_seed_spread_refuses_a_folder_that_is_not_a_finished_demo(tmp_path, script, capsys):
+def test_the_transformer_comparison_reads_the_final_losses_of_a_run(tmp_path, script):
+    metrics = tmp_path / "metrics.csv"
+    rows = ["step,train/loss,train/loss_image,perf/tokens_per_s"] + [f"{10 * i + 9},{i},{2 * i}," for i in range(8)]
+    metrics.write_text("\n".join(rows[:4] + ["39,,,3800.0"] + rows[4:]) + "\n")  # a throughput-only row between
+    assert script("compare_demo_transformers").final_losses(str(metrics)) == {"loss": 5.0, "loss_image": 10.0}
+
+
+def test_the_transformer_comparison_refuses_a_folder_that_is_not_a_finished_demo(tmp_path, script, capsys):
     with pytest.raises(SystemExit):
-        script("demo_seeds").main(["--demo", str(tmp_path), "--seeds", "1", "--out", str(tmp_path / "out")])
+        script("compare_demo_transformers").main(["--demo", str(tmp_path), "--out", str(tmp_path / "out")])
     error = capsys.readouterr().err
     assert f"{tmp_path / 'progress.json'}: not a finished demo" in error and "anyseq demo --out" in error
 
