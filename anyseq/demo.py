@@ -271,67 +271,92 @@ def attributes_right(kind: str, scene: Any, judged: Any) -> dict[str, bool]:
     return {name: getattr(judged, name, None) == getattr(scene, name) for name in names}
 
 
+def _grid(bundle, plan: Plan) -> int:
+    """Latent rows (and columns) of the plan's image size under the visual tokenizer."""
+    return plan.image_size // bundle.tokenizer("visual").compression["height"]
+
+
+def direction_prompts(bundle, source: str, target: str, held_out: Path, plan: Plan) -> tuple[list, list]:
+    """The held-out records of one direction, each ``plan.samples_per_prompt`` times, and their
+    prompt ids (CFG's effect is a few points: one sample of 48 prompts is too noisy to see it)."""
+    from anyseq.generate import encode_prompt, prompt_ids
+
+    kind = target if source == "text" else source
+    unique = _held_out(held_out, kind, plan.eval_per_direction)
+    if source == "text":
+        prompts = [encode_prompt(bundle, "text", r["text"]) for r in unique]
+    else:
+        prompts = [encode_prompt(bundle, kind, held_out.parent / r[kind]) for r in unique]
+    k = plan.samples_per_prompt
+    return [r for r in unique for _ in range(k)], [prompt_ids(bundle, [p]) for p in prompts for _ in range(k)]
+
+
+def judge_direction(bundle, source: str, target: str, rows: list, ids: list, options, plan: Plan, stem: Path,
+                    seed: int = 0) -> dict[str, Any]:
+    """Sample ``target`` for every prompt with ``options``, decode each to ``{stem}_{i:03d}``, and
+    judge it against its record's caption: accuracy (every attribute right), each attribute's,
+    and every row's output and verdict."""
+    from anyseq.generate import generate_ids, make_target
+
+    kind = target if source == "text" else source
+    grid = _grid(bundle, plan)
+    shape = make_target(bundle, target, height=grid, width=grid, frames=plan.video_frames, seconds=plan.seconds,
+                        max_text_tokens=24)
+    outputs, seconds = generate_ids(bundle, ids, shape, options, seed=seed)
+    judged = []
+    for i, (row, new) in enumerate(zip(rows, outputs)):
+        scene, path = world.parse_caption(row["text"]), _decode(bundle, target, new, Path(f"{stem}_{i:03d}"))
+        if target == "text":
+            text = path.read_text()
+            judged.append({"text": text, "verdict": attributes_right(kind, scene, world.parse_caption(text))})
+        else:
+            seen = judges.judge(kind, _read(path, target, plan), plan.sample_rate)
+            judged.append({"file": path.name, "verdict": attributes_right(kind, scene, seen)})
+    verdicts = [j["verdict"] for j in judged]
+    return {
+        "accuracy": float(np.mean([all(v.values()) for v in verdicts])),
+        "per_attribute": {a: float(np.mean([v[a] for v in verdicts])) for a in world.attributes(kind)},
+        "seconds": seconds,
+        "tokens_per_s": sum(len(o) for o in outputs) / seconds,
+        "rows": judged,
+    }
+
+
 def evaluate(out: Path, checkpoint: str, held_out: Path, plan: Plan, device: str) -> dict[str, Any]:
     from anyseq.checkpoint import load_bundle
-    from anyseq.generate import DEFAULTS, encode_prompt, generate_ids, make_target, prompt_ids
+    from anyseq.generate import DEFAULTS
 
     bundle = load_bundle(checkpoint, device=device)
-    visual = bundle.tokenizer("visual")
-    grid = plan.image_size // visual.compression["height"]
     samples_dir = out / "samples"
     samples_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
     for source, target in DIRECTIONS:
         kind = target if source == "text" else source
-        unique = _held_out(held_out, kind, plan.eval_per_direction)
-        base = held_out.parent
-        if source == "text":
-            prompts = [encode_prompt(bundle, "text", r["text"]) for r in unique]
-        else:
-            prompts = [encode_prompt(bundle, kind, base / r[kind]) for r in unique]
-        k = plan.samples_per_prompt  # several samples per prompt: CFG's effect is a few points, n=48 is too noisy
-        ids = [prompt_ids(bundle, [p]) for p in prompts for _ in range(k)]
-        rows = [r for r in unique for _ in range(k)]
-        scenes = [world.parse_caption(r["text"]) for r in rows]
-        shape = make_target(bundle, target, height=grid, width=grid, frames=plan.video_frames, seconds=plan.seconds,
-                            max_text_tokens=24)
+        rows, ids = direction_prompts(bundle, source, target, held_out, plan)
         settings = {"guided": replace(DEFAULTS[target], cfg_scale=plan.cfg_scale)} if target != "text" else {}
         settings["plain"] = replace(DEFAULTS[target], cfg_scale=1.0)
         direction: dict[str, Any] = {"n": len(rows), "chance": _chance(kind), "samples": []}
         for name, options in settings.items():
-            outputs, seconds = generate_ids(bundle, ids, shape, options, seed=0)
-            correct = []
-            for i, (row, scene, new) in enumerate(zip(rows, scenes, outputs)):
-                stem = samples_dir / f"{source}2{target}_{name}_{i:03d}"
-                path = _decode(bundle, target, new, stem)
-                if target == "text":
-                    text = path.read_text()
-                    verdict = attributes_right(kind, scene, world.parse_caption(text))
-                    output = {"text": text}
-                else:
-                    verdict = attributes_right(kind, scene, judges.judge(kind, _read(path, target, plan), plan.sample_rate))
-                    output = {"file": path.name}
-                correct.append(verdict)
-                if name == ("guided" if target != "text" else "plain") and i % k == 0 and i < 8 * k:  # 8 prompts
-                    direction["samples"].append({"prompt": row["text"] if source == "text" else row[kind],
-                                                 "caption": row["text"], **output, "verdict": verdict})
-            direction[name] = {
-                "accuracy": float(np.mean([all(v.values()) for v in correct])),
-                "per_attribute": {a: float(np.mean([v[a] for v in correct])) for a in world.attributes(kind)},
-                "seconds": seconds,
-                "tokens_per_s": sum(len(o) for o in outputs) / seconds,
-            }
-            print(f"[demo] {source}->{target} ({name}): accuracy {direction[name]['accuracy']:.2f} "
+            judged = judge_direction(bundle, source, target, rows, ids, options, plan,
+                                     samples_dir / f"{source}2{target}_{name}")
+            outputs = judged.pop("rows")
+            if name == ("guided" if target != "text" else "plain"):  # the report shows 8 prompts' first samples
+                k = plan.samples_per_prompt
+                direction["samples"] = [
+                    {"prompt": row["text"] if source == "text" else row[kind], "caption": row["text"], **output}
+                    for row, output in list(zip(rows, outputs))[: 8 * k : k]]
+            direction[name] = judged
+            print(f"[demo] {source}->{target} ({name}): accuracy {judged['accuracy']:.2f} "
                   f"(chance {direction['chance']:.3f})", flush=True)
         results[f"{source}->{target}"] = direction
-    results["text->any"] = _evaluate_any(bundle, held_out, plan, samples_dir, grid)
+    results["text->any"] = _evaluate_any(bundle, held_out, plan, samples_dir)
     return {"directions": results}
 
 
 MEDIUM_OF_SUFFIX = {".png": "image", ".gif": "video", ".wav": "audio"}
 
 
-def _evaluate_any(bundle, held_out: Path, plan: Plan, samples_dir: Path, grid: int) -> dict[str, Any]:
+def _evaluate_any(bundle, held_out: Path, plan: Plan, samples_dir: Path) -> dict[str, Any]:
     """Captions of all three media, sampled with ``--to any``: the model picks the medium itself.
 
     Right when its first medium is the caption's and the judges find every attribute in it.
@@ -344,6 +369,7 @@ def _evaluate_any(bundle, held_out: Path, plan: Plan, samples_dir: Path, grid: i
     rows = [r for r in unique for _ in range(k)]
     encoded = [prompt_ids(bundle, [encode_prompt(bundle, "text", r["text"])]) for r in unique]
     ids = [p for p in encoded for _ in range(k)]
+    grid = _grid(bundle, plan)
     target = make_target(bundle, "any", height=grid, width=grid, frames=plan.video_frames, seconds=plan.seconds,
                          max_text_tokens=24)
     outputs, seconds = generate_ids(bundle, ids, target, DEFAULTS["any"], seed=0)

@@ -263,6 +263,30 @@ def test_the_transformer_comparison_refuses_a_folder_that_is_not_a_finished_demo
     assert f"{tmp_path / 'progress.json'}: not a finished demo" in error and "anyseq demo --out" in error
 
 
+def test_the_sampling_sweep_at_the_demos_settings_reproduces_the_demos_judgement(demo, tmp_path, script):
+    sweep = script("sweep_demo_sampling")
+    argv = ["--demo", str(demo), "--out", str(tmp_path), "--direction", "text->image", "--cfg", "1", "3",
+            "--temperature", "1.0", "0.5", "--seeds", "0", "1"]
+    assert sweep.main(argv) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert len(results["runs"]) == 2 * 2 * 2 and len(results["settings"]) == 4
+    assert all(s["seeds"] == 2 for s in results["settings"].values())
+    own = json.loads((demo / "progress.json").read_text())["evaluate"]["directions"]["text->image"]["plain"]
+    same = results["runs"]["text->image cfg=1 temperature=1 top_k=2048 top_p=1 seed=0"]
+    assert same["per_attribute"] == own["per_attribute"] and same["accuracy"] == own["accuracy"]
+    assert len(list((tmp_path / "samples").glob("text2image_000_*.png"))) == same["n"]
+    sampled_at = (tmp_path / "samples" / "text2image_000_000.png").stat().st_mtime_ns
+    assert sweep.main(argv) == 0  # every run is in the results: nothing is sampled again
+    assert (tmp_path / "samples" / "text2image_000_000.png").stat().st_mtime_ns == sampled_at
+    assert json.loads((tmp_path / "results.json").read_text()) == results
+
+
+def test_the_sampling_sweep_refuses_a_folder_that_is_not_a_demo(tmp_path, script, capsys):
+    with pytest.raises(SystemExit):
+        script("sweep_demo_sampling").main(["--demo", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert f"{tmp_path}: not a demo output folder" in capsys.readouterr().err
+
+
 def test_several_samples_per_prompt_are_all_judged_and_the_report_shows_distinct_prompts(demo, tmp_path):
     """CFG's effect is a few points: the default judges 4 samples of every held-out prompt."""
     plan = replace(PLANS["quick"], samples_per_prompt=3)
