@@ -295,7 +295,8 @@ def judge_direction(bundle, source: str, target: str, rows: list, ids: list, opt
                     seed: int = 0) -> dict[str, Any]:
     """Sample ``target`` for every prompt with ``options``, decode each to ``{stem}_{i:03d}``, and
     judge it against its record's caption: accuracy (every attribute right), each attribute's,
-    and every row's output and verdict."""
+    every row's output and verdict, and ``distinct``, the distinct outputs among a prompt's
+    samples as a share of them (what a lower temperature gives up; 1 / samples: all alike)."""
     from anyseq.generate import generate_ids, make_target
 
     kind = target if source == "text" else source
@@ -312,10 +313,11 @@ def judge_direction(bundle, source: str, target: str, rows: list, ids: list, opt
         else:
             seen = judges.judge(kind, _read(path, target, plan), plan.sample_rate)
             judged.append({"file": path.name, "verdict": attributes_right(kind, scene, seen)})
-    verdicts = [j["verdict"] for j in judged]
+    verdicts, k = [j["verdict"] for j in judged], plan.samples_per_prompt
     return {
         "accuracy": float(np.mean([all(v.values()) for v in verdicts])),
         "per_attribute": {a: float(np.mean([v[a] for v in verdicts])) for a in world.attributes(kind)},
+        "distinct": float(np.mean([len(set(map(tuple, outputs[i:i + k]))) / k for i in range(0, len(outputs), k)])),
         "seconds": seconds,
         "tokens_per_s": sum(len(o) for o in outputs) / seconds,
         "rows": judged,

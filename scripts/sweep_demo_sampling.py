@@ -7,7 +7,8 @@ Every setting (CFG scale x temperature x top-k x top-p) samples the same held-ou
 each direction, ``samples_per_prompt`` times as the demo does, once per sampling ``--seeds``
 value, so settings are compared on paired draws; what is not swept is the direction's default
 (``anyseq.generate.DEFAULTS``). Writes every run and, per setting, the mean accuracy over the
-seeds to ``--out/results.json`` (runs already there are not sampled again) and prints a table.
+seeds and the share of a prompt's samples that differ (a lower temperature buys accuracy with
+diversity) to ``--out/results.json`` (runs already there are not sampled again) and prints a table.
 ``--checkpoint`` judges another checkpoint trained on the demo's shards (e.g. a run of
 scripts/compare_demo_transformers.py).
 """
@@ -84,15 +85,15 @@ def main(argv: list[str] | None = None) -> int:
     for run in runs.values():
         settings.setdefault(run["setting"], []).append(run)
     results["settings"] = {s: {"accuracy": float(np.mean([r["accuracy"] for r in rs])), "seeds": len(rs),
-                               "n": sum(r["n"] for r in rs),
+                               "n": sum(r["n"] for r in rs), "distinct": float(np.mean([r["distinct"] for r in rs])),
                                "per_attribute": {a: float(np.mean([r["per_attribute"][a] for r in rs]))
                                                  for a in rs[0]["per_attribute"]}}
                            for s, rs in settings.items()}
     results_file.write_text(json.dumps(results, indent=2))
-    print("| setting | seeds | n | accuracy | per attribute |\n|---|---|---|---|---|")
+    print("| setting | seeds | n | accuracy | distinct samples | per attribute |\n|---|---|---|---|---|---|")
     for setting, s in results["settings"].items():
         attributes = ", ".join(f"{a} {v:.2f}" for a, v in s["per_attribute"].items())
-        print(f"| {setting} | {s['seeds']} | {s['n']} | {s['accuracy']:.3f} | {attributes} |")
+        print(f"| {setting} | {s['seeds']} | {s['n']} | {s['accuracy']:.3f} | {s['distinct']:.2f} | {attributes} |")
     return 0
 
 

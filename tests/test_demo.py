@@ -274,6 +274,7 @@ def test_the_sampling_sweep_at_the_demos_settings_reproduces_the_demos_judgement
     own = json.loads((demo / "progress.json").read_text())["evaluate"]["directions"]["text->image"]["plain"]
     same = results["runs"]["text->image cfg=1 temperature=1 top_k=2048 top_p=1 seed=0"]
     assert same["per_attribute"] == own["per_attribute"] and same["accuracy"] == own["accuracy"]
+    assert same["distinct"] == own["distinct"] == 1.0  # one sample a prompt in the quick plan
     assert len(list((tmp_path / "samples").glob("text2image_000_*.png"))) == same["n"]
     sampled_at = (tmp_path / "samples" / "text2image_000_000.png").stat().st_mtime_ns
     assert sweep.main(argv) == 0  # every run is in the results: nothing is sampled again
@@ -303,6 +304,19 @@ def test_several_samples_per_prompt_are_all_judged_and_the_report_shows_distinct
         kind = target if source == "text" else source
         held_out = _held_out(Path(progress["world"]["held_out"]), kind, plan.eval_per_direction)
         assert [s["prompt"] for s in d["samples"]] == [r["text" if source == "text" else kind] for r in held_out], name
+
+
+def test_distinct_counts_how_many_of_a_prompts_samples_differ(demo, tmp_path):
+    from anyseq.checkpoint import load_bundle
+    from anyseq.demo import direction_prompts, judge_direction
+    from anyseq.sampling import SamplingOptions
+
+    plan = replace(PLANS["quick"], samples_per_prompt=3)
+    bundle = load_bundle(json.loads((demo / "progress.json").read_text())["model"]["checkpoint"])
+    rows, ids = direction_prompts(bundle, "text", "image", demo / "held_out" / "manifest.jsonl", plan)
+    greedy = judge_direction(bundle, "text", "image", rows, ids, SamplingOptions(temperature=0.0), plan, tmp_path / "g")
+    sampled = judge_direction(bundle, "text", "image", rows, ids, SamplingOptions(), plan, tmp_path / "s")
+    assert greedy["distinct"] == 1 / 3 and sampled["distinct"] == 1.0  # 16 codes of 1000: no two draws alike
 
 
 def test_the_fine_tuning_benchmark_starts_a_media_model_from_a_text_only_one(demo, tmp_path, script):
