@@ -5,8 +5,9 @@
 
 Every setting (CFG scale x temperature x top-k x top-p) samples the same held-out prompts of
 each direction, ``samples_per_prompt`` times as the demo does, once per sampling ``--seeds``
-value, so settings are compared on paired draws; what is not swept is the direction's default
-(``anyseq.generate.DEFAULTS``). Writes every run and, per setting, the mean accuracy over the
+value, so settings are compared on paired draws; what is not swept is as the demo samples it
+(``anyseq.demo.sampling_options``: ``anyseq generate``'s defaults, media at the plan's
+temperature). Writes every run and, per setting, the mean accuracy over the
 seeds and the share of a prompt's samples that differ (a lower temperature buys accuracy with
 diversity) to ``--out/results.json`` (runs already there are not sampled again) and prints a table.
 ``--checkpoint`` judges another checkpoint trained on the demo's shards (e.g. a run of
@@ -37,9 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--direction", action="append", choices=[f"{s}->{t}" for s, t in demo.DIRECTIONS],
                         help=f"default: {' '.join(MEDIA_DIRECTIONS)}")
     parser.add_argument("--cfg", type=float, nargs="+", default=[1.0], help="classifier-free guidance scales")
-    parser.add_argument("--temperature", type=float, nargs="+", help="default: each direction's")
-    parser.add_argument("--top-k", type=int, nargs="+", help="0: all ids; default: each direction's")
-    parser.add_argument("--top-p", type=float, nargs="+", help="1.0: off; default: each direction's")
+    parser.add_argument("--temperature", type=float, nargs="+", help="default: the demo's for the direction")
+    parser.add_argument("--top-k", type=int, nargs="+", help="0: all ids; default: the demo's for the direction")
+    parser.add_argument("--top-p", type=float, nargs="+", help="1.0: off; default: the demo's for the direction")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="sampling seeds (paired across settings)")
     parser.add_argument("--device", default="cpu", help="device for generation")
     args = parser.parse_args(argv)
@@ -51,7 +52,6 @@ def main(argv: list[str] | None = None) -> int:
     if not checkpoint.exists():
         parser.error(f"--checkpoint {checkpoint}: no such file")
     from anyseq.checkpoint import load_bundle
-    from anyseq.generate import DEFAULTS
 
     plan, held_out = demo.Plan.load(args.demo), args.demo / "held_out" / "manifest.jsonl"
     bundle = load_bundle(str(checkpoint), device=args.device)
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = results.setdefault("runs", {})
     for direction in args.direction or MEDIA_DIRECTIONS:
         source, target = direction.split("->")
-        default = DEFAULTS[target]
+        default = demo.sampling_options(target, plan)
         rows, ids = demo.direction_prompts(bundle, source, target, held_out, plan)
         grid = itertools.product(args.cfg, args.temperature or [default.temperature], args.top_k or [default.top_k],
                                  args.top_p or [default.top_p])

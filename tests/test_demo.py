@@ -266,13 +266,14 @@ def test_the_transformer_comparison_refuses_a_folder_that_is_not_a_finished_demo
 def test_the_sampling_sweep_at_the_demos_settings_reproduces_the_demos_judgement(demo, tmp_path, script):
     sweep = script("sweep_demo_sampling")
     argv = ["--demo", str(demo), "--out", str(tmp_path), "--direction", "text->image", "--cfg", "1", "3",
-            "--temperature", "1.0", "0.5", "--seeds", "0", "1"]
+            "--temperature", "1.0", "0.4", "--seeds", "0", "1"]
     assert sweep.main(argv) == 0
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results["runs"]) == 2 * 2 * 2 and len(results["settings"]) == 4
     assert all(s["seeds"] == 2 for s in results["settings"].values())
     own = json.loads((demo / "progress.json").read_text())["evaluate"]["directions"]["text->image"]["plain"]
-    same = results["runs"]["text->image cfg=1 temperature=1 top_k=2048 top_p=1 seed=0"]
+    assert PLANS["quick"].media_temperature == 0.4
+    same = results["runs"]["text->image cfg=1 temperature=0.4 top_k=2048 top_p=1 seed=0"]
     assert same["per_attribute"] == own["per_attribute"] and same["accuracy"] == own["accuracy"]
     assert same["distinct"] == own["distinct"] == 1.0  # one sample a prompt in the quick plan
     assert len(list((tmp_path / "samples").glob("text2image_000_*.png"))) == same["n"]
