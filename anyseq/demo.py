@@ -148,7 +148,10 @@ def timed_one_thread(fn: Callable[..., dict[str, Any]], args: tuple) -> dict[str
 
 
 def _cli(argv: list[str]) -> None:
-    rc = anyseq_cli(argv)
+    try:
+        rc = anyseq_cli(argv)
+    except SystemExit as e:  # LightningCLI exits on a bad argument: an error a worker process can report
+        rc = e.code
     if rc:
         raise RuntimeError(f"`anyseq {' '.join(argv)}` exited with {rc}")
 

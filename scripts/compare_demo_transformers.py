@@ -24,7 +24,7 @@ import json
 import multiprocessing
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from anyseq import demo
 from anyseq.helpers import HelpFormatter
@@ -111,19 +111,30 @@ def main(argv: list[str] | None = None) -> int:
         results_file.write_text(json.dumps(results, indent=2))
         print(f"[compare] {name} seed {seed}: {json.dumps(entry['seeds'][str(seed)])}", flush=True)
 
+    failed = []
+
+    def collect(name: str, seed: int, run: Callable[[], dict[str, Any]]) -> None:
+        try:
+            record(name, seed, run())
+        except Exception as e:  # one broken variant does not stop the others; a rerun retries it
+            failed.append(f"{name} seed {seed}")
+            print(f"[compare] {name} seed {seed} failed: {e}", flush=True)
+
     if args.jobs > 1 and len(todo) > 1:
         with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(todo))) as pool:
             pending = [(name, seed, pool.apply_async(demo.timed_one_thread, job(name, seed))) for name, seed in todo]
             for name, seed, run in pending:
-                record(name, seed, run.get())
+                collect(name, seed, run.get)
     else:
         for name, seed in todo:
             fn, fn_args = job(name, seed)
-            record(name, seed, fn(*fn_args))
+            collect(name, seed, lambda: fn(*fn_args))
     results_file.parent.mkdir(parents=True, exist_ok=True)
     results_file.write_text(json.dumps(results, indent=2))
     print(table(results))
-    return 0
+    if failed:
+        print(f"[compare] failed: {', '.join(failed)} (see the errors above)", flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -249,6 +249,16 @@ def test_the_transformer_comparison_trains_variants_and_seeds_and_judges_them_as
     assert json.loads((tmp_path / "results.json").read_text()) == results
 
 
+def test_a_broken_variant_is_reported_and_does_not_hang_the_comparison(demo, tmp_path, script, capsys):
+    """A bad ``anyseq fit`` argument exits its worker process: the comparison must still end."""
+    argv = ["--demo", str(demo), "--out", str(tmp_path), "--seeds", "1", "2", "--jobs", "2",
+            "--variant", "typo=--model.init_args.learning_rate=1e-3"]
+    assert script("compare_demo_transformers").main(argv) == 1
+    out = capsys.readouterr().out
+    assert "[compare] typo seed 1 failed" in out and "[compare] failed: typo seed 1, typo seed 2" in out
+    assert set(json.loads((tmp_path / "results.json").read_text())) == {"demo"}  # a rerun retries them
+
+
 def test_the_transformer_comparison_reads_the_final_losses_of_a_run(tmp_path, script):
     metrics = tmp_path / "metrics.csv"
     rows = ["step,train/loss,train/loss_image,perf/tokens_per_s"] + [f"{10 * i + 9},{i},{2 * i}," for i in range(8)]
