@@ -64,7 +64,7 @@ class Plan:
     eval_per_direction: int = 48
     samples_per_prompt: int = 4
     cfg_scale: float = 2.0
-    media_temperature: float = 0.4  # scripts/sweep_demo_sampling.py: the best accuracy with >= 0.94 samples distinct
+    media_temperature: float = 0.4  # sweep_demo_sampling.py: best accuracy with >= 94% of a prompt's samples distinct
     accelerator: str = "cpu"
 
     @classmethod
