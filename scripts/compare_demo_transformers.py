@@ -48,10 +48,12 @@ def final_losses(metrics_csv: str) -> dict[str, float]:
     rows = [r for r in csv.DictReader(path.open()) if r.get("train/loss")] if path.exists() else []
     if not rows:
         return {}
-    names = [k for k in rows[0] if k.startswith("train/loss")]
-    last = rows[-LAST_LOGGED:]
-    return {name.removeprefix("train/"): round(sum(float(r[name]) for r in last if r[name]) /
-                                               max(1, sum(1 for r in last if r[name])), 4) for name in names}
+    losses = {}
+    for name in (k for k in rows[0] if k.startswith("train/loss")):
+        values = [float(r[name]) for r in rows[-LAST_LOGGED:] if r[name]]  # a batch may lack a modality
+        if values:
+            losses[name.removeprefix("train/")] = round(sum(values) / len(values), 4)
+    return losses
 
 
 def summary(run: dict[str, Any]) -> dict[str, Any]:
@@ -97,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     own = {**progress["model"], "train_seconds": progress["model"]["seconds"],
            "directions": progress["evaluate"]["directions"]}
     results["demo"] = {"arguments": "", "seeds": {"0": summary(own)}}
+    args.out.mkdir(parents=True, exist_ok=True)
+    results_file.write_text(json.dumps(results, indent=2))
     todo = [(name, seed) for name in variants for seed in args.seeds
             if str(seed) not in results.get(name, {}).get("seeds", {})]
 
@@ -107,7 +111,6 @@ def main(argv: list[str] | None = None) -> int:
     def record(name: str, seed: int, run: dict[str, Any]) -> None:
         entry = results.setdefault(name, {"arguments": variants[name], "seeds": {}})
         entry["seeds"][str(seed)] = summary(run)
-        args.out.mkdir(parents=True, exist_ok=True)
         results_file.write_text(json.dumps(results, indent=2))
         print(f"[compare] {name} seed {seed}: {json.dumps(entry['seeds'][str(seed)])}", flush=True)
 
@@ -129,8 +132,6 @@ def main(argv: list[str] | None = None) -> int:
         for name, seed in todo:
             fn, fn_args = job(name, seed)
             collect(name, seed, lambda: fn(*fn_args))
-    results_file.parent.mkdir(parents=True, exist_ok=True)
-    results_file.write_text(json.dumps(results, indent=2))
     print(table(results))
     if failed:
         print(f"[compare] failed: {', '.join(failed)} (see the errors above)", flush=True)

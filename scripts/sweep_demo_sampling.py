@@ -7,9 +7,10 @@ Every setting (CFG scale x temperature x top-k x top-p) samples the same held-ou
 each direction, ``samples_per_prompt`` times as the demo does, once per sampling ``--seeds``
 value, so settings are compared on paired draws; what is not swept is as the demo samples it
 (``anyseq.demo.sampling_options``: ``anyseq generate``'s defaults, media at the plan's
-temperature). Writes every run and, per setting, the mean accuracy over the
-seeds and the share of a prompt's samples that differ (a lower temperature buys accuracy with
-diversity) to ``--out/results.json`` (runs already there are not sampled again) and prints a table.
+temperature). Writes every run (with the stem of its sample files under ``--out/samples``)
+and, per setting, the mean accuracy over the seeds and the share of a prompt's samples that
+differ (a lower temperature buys accuracy with diversity) to ``--out/results.json`` (runs
+already there are not sampled again) and prints a table.
 ``--checkpoint`` judges another checkpoint trained on the demo's shards (e.g. a run of
 scripts/compare_demo_transformers.py).
 """
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                 stem.parent.mkdir(parents=True, exist_ok=True)
                 judged = demo.judge_direction(bundle, source, target, rows, ids, options, plan, stem, seed=seed)
                 judged.pop("rows")
-                runs[key] = {"setting": setting, "seed": seed, "n": len(rows), **judged}
+                runs[key] = {"setting": setting, "seed": seed, "n": len(rows), "samples": stem.name, **judged}
                 results_file.write_text(json.dumps(results, indent=2))
                 print(f"[sweep] {key}: accuracy {judged['accuracy']:.3f}", flush=True)
     settings: dict[str, list] = {}

@@ -286,10 +286,17 @@ def test_the_sampling_sweep_at_the_demos_settings_reproduces_the_demos_judgement
     same = results["runs"]["text->image cfg=1 temperature=0.4 top_k=2048 top_p=1 seed=0"]
     assert same["per_attribute"] == own["per_attribute"] and same["accuracy"] == own["accuracy"]
     assert same["distinct"] == own["distinct"] == 1.0  # one sample a prompt in the quick plan
-    assert len(list((tmp_path / "samples").glob("text2image_000_*.png"))) == same["n"]
-    sampled_at = (tmp_path / "samples" / "text2image_000_000.png").stat().st_mtime_ns
+    # the demo samples media at the plan's temperature: its images are the sweep's at 0.4, not at 1.0
+    mine = sorted((tmp_path / "samples").glob(f"{same['samples']}_*.png"))
+    hot = results["runs"]["text->image cfg=1 temperature=1 top_k=2048 top_p=1 seed=0"]["samples"]
+    demos = sorted((demo / "samples").glob("text2image_plain_*.png"))
+    assert len(mine) == len(demos) == same["n"]
+    assert [p.read_bytes() for p in mine] == [p.read_bytes() for p in demos]
+    hot_images = [p.read_bytes() for p in sorted((tmp_path / "samples").glob(f"{hot}_*.png"))]
+    assert hot_images != [p.read_bytes() for p in demos]
+    sampled_at = mine[0].stat().st_mtime_ns
     assert sweep.main(argv) == 0  # every run is in the results: nothing is sampled again
-    assert (tmp_path / "samples" / "text2image_000_000.png").stat().st_mtime_ns == sampled_at
+    assert mine[0].stat().st_mtime_ns == sampled_at
     assert json.loads((tmp_path / "results.json").read_text()) == results
 
 
