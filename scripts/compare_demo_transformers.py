@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.jobs > 1 and len(todo) > 1:
         with multiprocessing.get_context("spawn").Pool(min(args.jobs, len(todo))) as pool:
-            pending = [(name, seed, pool.apply_async(demo.timed_one_thread, job(name, seed))) for name, seed in todo]
+            pending = [(name, seed, pool.apply_async(demo.timed_stage, job(name, seed))) for name, seed in todo]
             for name, seed, run in pending:
                 collect(name, seed, run.get)
     else:

@@ -1,11 +1,16 @@
 """The demo: every direction produces decodable outputs, the report is written, a rerun resumes."""
 
 import json
+import multiprocessing
+import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import torch
 
+from anyseq import demo as demo_module
 from anyseq import media
 from anyseq.cli import main as anyseq
 from anyseq.demo import DIRECTIONS, PLANS, _held_out, evaluate
@@ -52,6 +57,26 @@ def test_both_media_tokenizers_are_exported_and_timed(demo):
     for kind in ("visual", "audio"):
         stage = progress[f"{kind}_tokenizer"]
         assert stage["seconds"] > 0 and (demo / "tokenizers" / kind / "config.json").exists()
+
+
+def test_a_side_by_side_stage_takes_the_cores_a_finished_sibling_frees(monkeypatch, one_thread):
+    running = multiprocessing.get_context("spawn").Value("i", 2)
+    monkeypatch.setattr(demo_module, "_SIBLINGS", (running, 2))  # as the pool's initializer sets it: 2 stages, 2 cores
+    first = demo_module.timed_stage(lambda: {"threads": torch.get_num_threads()}, ())
+    assert first["threads"] == 1 and first["seconds"] >= 0  # two stages on two cores: one thread each
+    assert running.value == 1  # the finished stage no longer counts
+    step = SimpleNamespace(global_step=7)
+    demo_module.FreedCores().on_train_batch_start(step, torch.nn.Identity(), None, 0)  # the sibling's next step
+    assert torch.get_num_threads() == 2
+
+
+def test_a_stage_finished_side_by_side_is_recorded_even_when_its_sibling_fails(tmp_path):
+    progress = demo_module.Progress(tmp_path, PLANS["quick"])
+    # listed first and fails a second later (sleep returns None, not a summary): the other is recorded all the same
+    stages = {"failing": (time.sleep, (1.0,)), "finished": (dict, ())}
+    with pytest.raises(TypeError):
+        progress.run_side_by_side(stages)
+    assert "finished" in json.loads((tmp_path / "progress.json").read_text())
 
 
 def test_rerun_resumes_without_redoing_finished_stages(demo, capsys):
