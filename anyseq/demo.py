@@ -158,9 +158,9 @@ def _share_of_cores() -> int:
 class FreedCores(Callback):
     """Before each training step, a stage run side by side takes its share of the cores.
 
-    The demo's audio codec finishes halfway through the visual tokenizer's training, which then
-    goes on at two threads instead of one (0.24 s a step against 0.35 s on 2 cores). Outside a
-    side-by-side stage it does nothing.
+    The demo's audio codec finishes a quarter of the way through the visual tokenizer's
+    training, which then goes on at two threads instead of one (0.24 s a step against 0.35 s
+    over its first 240 steps on 2 cores). Outside a side-by-side stage it does nothing.
     """
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -235,9 +235,9 @@ def stage_media_tokenizer(
     as wide; learning rate 1e-3 (5e-4 reads the same at 600 steps, 3e-3 worse). The default
     plan's 2400 steps are the most expensive stage but pay: the judges read 0.27 of the
     held-out images right through the tokenizer after 600 steps, 0.58 after 1200 (colour 0.67
-    -> 0.98), 0.79 after 2400 (shape 0.60 -> 0.79; clips 0.23, 0.33, 0.60). Audio: 50 frames/s x 2 levels
-    (100 tokens/s), so one clip and its caption fit one training row, and the mel loss leads
-    (the judges hear pitch and loudness, not waveform phase). ``extra`` arguments go last
+    -> 0.98), 0.79 after 2400 (shape 0.60 -> 0.79; clips 0.23, 0.33, 0.60). Audio: 50
+    frames/s x 2 levels (100 tokens/s), so one clip and its caption fit one training row, and
+    the mel loss leads (the judges hear pitch and loudness, not waveform phase). ``extra`` arguments go last
     (scripts/compare_demo_tokenizers.py tries variants with them).
     """
     export = out / "tokenizers" / kind
