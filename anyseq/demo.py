@@ -240,8 +240,8 @@ def stage_media_tokenizer(
     held-out images right through the tokenizer after 600 steps, 0.58 after 1200 (colour 0.67
     -> 0.98), 0.79 after 2400 (shape 0.60 -> 0.79; clips 0.23, 0.33, 0.60). Audio: 50
     frames/s x 2 levels (100 tokens/s), so one clip and its caption fit one training row, and
-    the mel loss leads (the judges hear pitch and loudness, not waveform phase). ``extra`` arguments go last
-    (scripts/compare_demo_tokenizers.py tries variants with them).
+    the mel loss leads (the judges hear pitch and loudness, not waveform phase). ``extra``
+    arguments go last (scripts/compare_demo_tokenizers.py tries variants with them).
     """
     export = out / "tokenizers" / kind
     data = {

@@ -57,6 +57,8 @@ def test_both_media_tokenizers_are_exported_and_timed(demo):
     for kind in ("visual", "audio"):
         stage = progress[f"{kind}_tokenizer"]
         assert stage["seconds"] > 0 and (demo / "tokenizers" / kind / "config.json").exists()
+        saved = next((demo / "runs" / kind).rglob("config.yaml")).read_text()  # the fit LightningCLI saved
+        assert "anyseq.demo.FreedCores" in saved  # each takes the core its sibling frees
 
 
 def test_a_side_by_side_stage_takes_the_cores_a_finished_sibling_frees(monkeypatch, one_thread):
