@@ -36,7 +36,7 @@ from lightning.pytorch import Callback
 import anyseq
 from anyseq import judges, media, world
 from anyseq.cli import main as anyseq_cli
-from anyseq.helpers import HelpFormatter
+from anyseq.helpers import HelpFormatter, exists
 
 CONFIGS = Path(anyseq.__file__).resolve().parents[1] / "configs"
 
@@ -473,9 +473,8 @@ def _read(path: Path, target: str, plan: Plan) -> Any:
     return media.read_audio(path, sample_rate=plan.sample_rate)[0]
 
 
-def _round_trip(tokenizer, kind: str, path: Path, plan: Plan) -> np.ndarray:
-    """Held-out media through the tokenizer and back, as the judges read media."""
-    x = _read(path, kind, plan)
+def _round_trip(tokenizer, kind: str, x: np.ndarray, plan: Plan) -> np.ndarray:
+    """Media (as :func:`_read` gives them) through the tokenizer and back, as the judges read media."""
     if kind == "audio":
         wav = torch.as_tensor(x, dtype=torch.float32)[None, None]
         return tokenizer.decode(tokenizer.encode(wav))[0].reshape(-1).numpy()
@@ -489,7 +488,8 @@ MEDIA_OF = {"visual": ("image", "video"), "audio": ("audio",)}  # what each medi
 
 def tokenizer_metrics(out: Path, toks: dict[str, str], held_out: Path, plan: Plan) -> dict[str, Any]:
     """Reconstruction metrics, and the judges' accuracy on reconstructions of held-out media:
-    the reference for every text -> media direction (a sample is as legible as its decoder makes it)."""
+    the reference for every text -> media direction (a sample is as legible as its decoder makes it);
+    for audio also how loud and how far off in pitch the codec renders the tones."""
     from anyseq.tokenizers import audio_eval, visual_eval
     from anyseq.tokenizers.base import load_tokenizer
 
@@ -498,7 +498,10 @@ def tokenizer_metrics(out: Path, toks: dict[str, str], held_out: Path, plan: Pla
         tokenizer = load_tokenizer(toks[name])
         metrics[name] = module.evaluate_folder(tokenizer, held_out, out / "tokenizer_eval" / name)
         for kind in MEDIA_OF[name]:
-            metrics["judged_round_trip"][kind] = legibility(tokenizer, kind, held_out, plan)["judged_legible"]
+            judged = legibility(tokenizer, kind, held_out, plan)
+            metrics["judged_round_trip"][kind] = judged["judged_legible"]
+            if "tones" in judged:
+                metrics["audio_tones"] = judged["tones"]
     return metrics
 
 
@@ -506,16 +509,24 @@ def legibility(tokenizer, kind: str, held_out: Path, plan: Plan) -> dict[str, An
     """How the judges read the tokenizer's reconstructions of the first held-out media of ``kind``:
     the share with every attribute right, each attribute's share, and what each value was taken for."""
     rows = _held_out(held_out, kind, plan.eval_per_direction)
-    pairs = [(world.parse_caption(r["text"]),
-              judges.judge(kind, _round_trip(tokenizer, kind, held_out.parent / r[kind], plan), plan.sample_rate))
-             for r in rows]
+    pairs, tones = [], []
+    for r in rows:
+        original = _read(held_out.parent / r[kind], kind, plan)
+        copy = _round_trip(tokenizer, kind, original, plan)
+        pairs.append((world.parse_caption(r["text"]), judges.judge(kind, copy, plan.sample_rate)))
+        if kind == "audio":
+            tones.append(judges.tone_fidelity(original, copy, plan.sample_rate))
     verdicts = [attributes_right(kind, *pair) for pair in pairs]
     names = world.attributes(kind)
     heard = {name: collections.Counter(f"{getattr(truth, name)} -> {getattr(seen, name) if seen else 'nothing'}"
                                        for truth, seen in pairs) for name in names}
-    return {"judged_legible": sum(all(v.values()) for v in verdicts) / len(pairs), "n": len(pairs),
-            "per_attribute": {name: sum(v[name] for v in verdicts) / len(pairs) for name in names},
-            "heard": {name: dict(sorted(counts.items())) for name, counts in heard.items()}}
+    result = {"judged_legible": sum(all(v.values()) for v in verdicts) / len(pairs), "n": len(pairs),
+              "per_attribute": {name: sum(v[name] for v in verdicts) / len(pairs) for name in names},
+              "heard": {name: dict(sorted(counts.items())) for name, counts in heard.items()}}
+    if tones := [t for t in tones if exists(t)]:
+        ratios, semitones = zip(*tones)
+        result["tones"] = {"loudness_ratio": float(np.median(ratios)), "pitch_error_semitones": float(np.median(semitones))}
+    return result
 
 
 # ---------------------------------------------------------------------------------------------

@@ -200,7 +200,7 @@ SPLIT_HZ = float(np.sqrt(LOW_HZ * HIGH_HZ))  # geometric middle of low and high
 SWEEP_OCTAVES = 0.5  # pitch change between first and last third that counts as rising/falling
 
 
-def _frames(samples: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+def partials(samples: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
     """Per ~32 ms frame (hop 16 ms): amplitude and frequency (Hz) of the strongest partial.
 
     Measuring the spectral peak rather than the RMS keeps the envelope of a tone clear of
@@ -237,7 +237,7 @@ def judge_sound(samples: np.ndarray, sample_rate: int) -> SoundScene | None:
     samples = np.asarray(samples, dtype=np.float64)
     if samples.ndim != 1 or not np.isfinite(samples).all():
         raise ValueError(f"expected finite float mono samples (N,), got shape {samples.shape}")
-    amplitude, pitch = _frames(samples, sample_rate)
+    amplitude, pitch = partials(samples, sample_rate)
     loud = np.percentile(amplitude, 95)
     if loud < 1e-3:
         return None
@@ -253,6 +253,24 @@ def judge_sound(samples: np.ndarray, sample_rate: int) -> SoundScene | None:
     if abs(change) >= SWEEP_OCTAVES:
         return SoundScene("a rising tone" if change > 0 else "a falling tone")
     return SoundScene(f"a steady {height} tone")
+
+
+def tone_fidelity(original: np.ndarray, copy: np.ndarray, sample_rate: int) -> tuple[float, float] | None:
+    """How a copy (a codec's reconstruction) renders an original's tones: over the original's
+    sounding frames, the median ratio of the strongest partial's amplitude (copy / original)
+    and the median distance of its pitch in semitones. None if the original is silent.
+
+    Why beside the judged pattern: a codec whose tones come back at a tenth of their loudness
+    or moved onto a harmonic of its frame rate is often still judged right, by luck of where
+    the moved pitch lands."""
+    (a, hz), (b, hz_copy) = (partials(np.asarray(x, np.float64), sample_rate) for x in (original, copy))
+    n = min(len(a), len(b))
+    sounding = a[:n] > 0.5 * np.percentile(a, 95)
+    if a.max() < 1e-3 or not sounding.any():
+        return None
+    ratio = np.median(b[:n][sounding] / a[:n][sounding])
+    semitones = np.median(np.abs(12 * np.log2(hz_copy[:n][sounding] / hz[:n][sounding])))
+    return float(ratio), float(semitones)
 
 
 # ----------------------------------------------------------------------------- captions

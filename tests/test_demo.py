@@ -50,6 +50,7 @@ def test_the_judges_also_read_the_tokenizers_own_reconstructions(demo):
     metrics = json.loads((demo / "progress.json").read_text())["tokenizer_metrics"]
     assert set(metrics["judged_round_trip"]) == {"image", "video", "audio"}
     assert all(0.0 <= v <= 1.0 for v in metrics["judged_round_trip"].values())
+    assert set(metrics["audio_tones"]) == {"loudness_ratio", "pitch_error_semitones"}
 
 
 def test_both_media_tokenizers_are_exported_and_timed(demo):

@@ -9,7 +9,7 @@ import pytest
 from anyseq import media
 from anyseq import world as W
 from anyseq.judge_robustness import IMAGE_DEGRADATIONS, SOUND_DEGRADATIONS, accuracy
-from anyseq.judges import judge_caption, judge_image, judge_sound, judge_video
+from anyseq.judges import judge_caption, judge_image, judge_sound, judge_video, tone_fidelity
 
 ALL_IMAGE_SCENES = [W.ImageScene(*v) for v in itertools.product(W.COLOURS, W.SHAPES, W.SIZES, W.POSITIONS)]
 ALL_VIDEO_SCENES = [W.VideoScene(*v) for v in itertools.product(W.COLOURS, W.SHAPES, W.DIRECTIONS)]
@@ -108,6 +108,17 @@ def test_video_judge_survives_mild_degradation(name):
 @pytest.mark.parametrize("name", SOUND_DEGRADATIONS)
 def test_sound_judge_survives_degradation(name):
     assert accuracy("audio", 100, seed=3, degrade=SOUND_DEGRADATIONS[name]) >= 0.95
+
+
+def test_tone_fidelity_measures_a_copys_loudness_and_pitch_against_the_original():
+    def tone(amplitude, hz):
+        return amplitude * np.sin(2 * np.pi * hz * np.arange(16000) / 16000)
+
+    ratio, semitones = tone_fidelity(tone(0.5, 300), tone(0.5, 300), 16000)
+    assert abs(ratio - 1) < 0.01 and semitones < 0.05
+    ratio, semitones = tone_fidelity(tone(0.5, 300), tone(0.05, 300 * 2 ** (3 / 12)), 16000)
+    assert abs(ratio - 0.1) < 0.005 and abs(semitones - 3) < 0.1
+    assert tone_fidelity(np.zeros(16000), tone(0.5, 300), 16000) is None
 
 
 def test_judges_say_none_when_nothing_is_shown():
