@@ -1,7 +1,7 @@
 """The demo's visual tokenizer or audio codec trained in variants, each judged on held-out media (an experiment, not a test).
 
     .venv/bin/python scripts/compare_demo_tokenizers.py --kind audio --steps 600 --out runs/demo_codecs \
-        --variant conv= --variant istft=--model.init_args.tokenizer.decoder=istft
+        --variant istft= --variant conv=--model.init_args.tokenizer.decoder=conv
 
 Each variant is ``"name=ARG ARG ..."`` (split like a shell line): ``anyseq fit`` arguments
 appended to the demo's own recipe for ``--kind`` (``anyseq.demo.stage_media_tokenizer``). The
