@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sets up a virtual environment (first run only) and runs the end-to-end demo.
-#   bash scripts/demo.sh             # CPU default, ~22 min on 2 idle cores (+2 min first install) -> demo_out/report.html
+#   bash scripts/demo.sh             # CPU default, ~23 min on 2 idle cores (+2 min first install) -> demo_out/report.html
 #   bash scripts/demo.sh --quick     # seconds, sizes for tests
 #   bash scripts/demo.sh --gpu       # larger world and models on a GPU
 set -euo pipefail
