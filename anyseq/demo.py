@@ -53,7 +53,7 @@ class Plan:
     sample_rate: int = 16000
     seconds: float = 1.0
     visual_steps: int = 2400  # the held-out images' shapes read right: 0.60 after 1200 steps, 0.79 after 2400
-    audio_steps: int = 1800  # beside the visual tokenizer; the iSTFT codec's tones: 0.56-0.65 legible at 600, 0.69-0.77 at 1800
+    audio_steps: int = 1800  # runs beside the visual tokenizer; legible 0.56-0.65 at 600 steps, 0.69-0.77 at 1800
     model_preset: str = "small"
     model_overrides: tuple[tuple[str, Any], ...] = (("dim", 192), ("n_layers", 4), ("n_heads", 6), ("n_kv_heads", 2),
                                                     ("ffn_dim", 512), ("max_seq_len", 256))

@@ -224,6 +224,12 @@ def partials(samples: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndar
     return amplitude, (peak + np.clip(offset, -0.5, 0.5)) * sample_rate / n
 
 
+def _sounding(amplitude: np.ndarray) -> np.ndarray | None:
+    """Frames at least half as loud as the loud end (95th percentile) of a sound; None for silence."""
+    loud = np.percentile(amplitude, 95)
+    return amplitude > 0.5 * loud if loud >= 1e-3 else None
+
+
 def _bursts(active: np.ndarray) -> list[tuple[int, int]]:
     """[start, stop) runs of active frames; gaps of one frame are bridged, one-frame runs dropped."""
     active = active.copy()
@@ -238,10 +244,10 @@ def judge_sound(samples: np.ndarray, sample_rate: int) -> SoundScene | None:
     if samples.ndim != 1 or not np.isfinite(samples).all():
         raise ValueError(f"expected finite float mono samples (N,), got shape {samples.shape}")
     amplitude, pitch = partials(samples, sample_rate)
-    loud = np.percentile(amplitude, 95)
-    if loud < 1e-3:
+    sounding = _sounding(amplitude)
+    if not exists(sounding):
         return None
-    bursts = _bursts(amplitude > 0.5 * loud)
+    bursts = _bursts(sounding)
     if not bursts:
         return None
     voiced = np.concatenate([pitch[a:b] for a, b in bursts])
@@ -264,9 +270,12 @@ def tone_fidelity(original: np.ndarray, copy: np.ndarray, sample_rate: int) -> t
     or moved onto a harmonic of its frame rate is often still judged right, by luck of where
     the moved pitch lands."""
     (a, hz), (b, hz_copy) = (partials(np.asarray(x, np.float64), sample_rate) for x in (original, copy))
+    sounding = _sounding(a)
+    if not exists(sounding):
+        return None
     n = min(len(a), len(b))
-    sounding = a[:n] > 0.5 * np.percentile(a, 95)
-    if a.max() < 1e-3 or not sounding.any():
+    sounding = sounding[:n]
+    if not sounding.any():
         return None
     ratio = np.median(b[:n][sounding] / a[:n][sounding])
     semitones = np.median(np.abs(12 * np.log2(hz_copy[:n][sounding] / hz[:n][sounding])))
