@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -507,15 +507,19 @@ def tokenizer_metrics(out: Path, toks: dict[str, str], held_out: Path, plan: Pla
     return metrics
 
 
+def round_trips(tokenizer, kind: str, held_out: Path, plan: Plan) -> Iterator[tuple[world.Scene, Any, Any]]:
+    """(true scene, original, reconstruction) of the first held-out media of ``kind``."""
+    for r in _held_out(held_out, kind, plan.eval_per_direction):
+        original = _read(held_out.parent / r[kind], kind, plan)
+        yield world.parse_caption(r["text"]), original, _round_trip(tokenizer, kind, original, plan)
+
+
 def legibility(tokenizer, kind: str, held_out: Path, plan: Plan) -> dict[str, Any]:
     """How the judges read the tokenizer's reconstructions of the first held-out media of ``kind``:
     the share with every attribute right, each attribute's share, and what each value was taken for."""
-    rows = _held_out(held_out, kind, plan.eval_per_direction)
     pairs, tones = [], []
-    for r in rows:
-        original = _read(held_out.parent / r[kind], kind, plan)
-        copy = _round_trip(tokenizer, kind, original, plan)
-        pairs.append((world.parse_caption(r["text"]), judges.judge(kind, copy, plan.sample_rate)))
+    for scene, original, copy in round_trips(tokenizer, kind, held_out, plan):
+        pairs.append((scene, judges.judge(kind, copy, plan.sample_rate)))
         if kind == "audio":
             tones.append(judges.tone_fidelity(original, copy, plan.sample_rate))
     verdicts = [attributes_right(kind, *pair) for pair in pairs]

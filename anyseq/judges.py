@@ -261,6 +261,18 @@ def judge_sound(samples: np.ndarray, sample_rate: int) -> SoundScene | None:
     return SoundScene(f"a steady {height} tone")
 
 
+def _sounding_partials(original: np.ndarray, copy: np.ndarray, sample_rate: int) -> tuple[np.ndarray, ...] | None:
+    """The strongest partial's amplitude and pitch in an original and its copy, over the
+    original's sounding frames: (amplitude, hz, amplitude_copy, hz_copy); None if silent."""
+    (a, hz), (b, hz_copy) = (partials(np.asarray(x, np.float64), sample_rate) for x in (original, copy))
+    sounding = _sounding(a)
+    if not exists(sounding):
+        return None
+    n = min(len(a), len(b))
+    keep = sounding[:n]
+    return (a[:n][keep], hz[:n][keep], b[:n][keep], hz_copy[:n][keep]) if keep.any() else None
+
+
 def tone_fidelity(original: np.ndarray, copy: np.ndarray, sample_rate: int) -> tuple[float, float] | None:
     """How a copy (a codec's reconstruction) renders an original's tones: over the original's
     sounding frames, the median ratio of the strongest partial's amplitude (copy / original)
@@ -269,17 +281,19 @@ def tone_fidelity(original: np.ndarray, copy: np.ndarray, sample_rate: int) -> t
     Why beside the judged pattern: a codec whose tones come back at a tenth of their loudness
     or moved onto a harmonic of its frame rate is often still judged right, by luck of where
     the moved pitch lands."""
-    (a, hz), (b, hz_copy) = (partials(np.asarray(x, np.float64), sample_rate) for x in (original, copy))
-    sounding = _sounding(a)
-    if not exists(sounding):
+    if not exists(found := _sounding_partials(original, copy, sample_rate)):
         return None
-    n = min(len(a), len(b))
-    sounding = sounding[:n]
-    if not sounding.any():
-        return None
-    ratio = np.median(b[:n][sounding] / a[:n][sounding])
-    semitones = np.median(np.abs(12 * np.log2(hz_copy[:n][sounding] / hz[:n][sounding])))
-    return float(ratio), float(semitones)
+    a, hz, b, hz_copy = found
+    return float(np.median(b / a)), float(np.median(np.abs(12 * np.log2(hz_copy / hz))))
+
+
+def loudness_by_frame(original: np.ndarray, copy: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """(pitch in Hz of the original, loudness copy / original) per sounding frame of the original:
+    where in pitch a copy fades, which the median of :func:`tone_fidelity` hides."""
+    if not exists(found := _sounding_partials(original, copy, sample_rate)):
+        return np.zeros(0), np.zeros(0)
+    a, hz, b, _ = found
+    return hz, b / a
 
 
 # ----------------------------------------------------------------------------- captions

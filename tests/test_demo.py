@@ -243,6 +243,13 @@ def test_the_tokenizer_comparison_trains_each_variant_with_its_arguments_and_jud
         assert config["decoder"] == decoder and config["frame_rate"] == 100  # the demo's recipe, then the variant's
 
 
+def test_the_codec_loudness_table_reports_the_held_out_sweeps_loudness_per_pitch_band(demo, script, capsys):
+    table_script = script("codec_loudness_by_pitch")
+    assert table_script.main([str(demo / "tokenizers" / "audio"), "--world", str(demo), "--bands", "4"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert 1 <= len(table) <= 4 and all(row["frames"] > 0 and row["loudness"] >= 0 for row in table.values())
+
+
 def test_the_visual_comparison_judges_images_and_videos_attribute_by_attribute(demo, tmp_path, script):
     compare = script("compare_demo_tokenizers")
     assert compare.main(["--kind", "visual", "--world", str(demo), "--out", str(tmp_path), "--steps", "2",

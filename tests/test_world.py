@@ -9,7 +9,7 @@ import pytest
 from anyseq import media
 from anyseq import world as W
 from anyseq.judge_robustness import IMAGE_DEGRADATIONS, SOUND_DEGRADATIONS, accuracy
-from anyseq.judges import judge_caption, judge_image, judge_sound, judge_video, tone_fidelity
+from anyseq.judges import judge_caption, judge_image, judge_sound, judge_video, loudness_by_frame, tone_fidelity
 
 ALL_IMAGE_SCENES = [W.ImageScene(*v) for v in itertools.product(W.COLOURS, W.SHAPES, W.SIZES, W.POSITIONS)]
 ALL_VIDEO_SCENES = [W.VideoScene(*v) for v in itertools.product(W.COLOURS, W.SHAPES, W.DIRECTIONS)]
@@ -119,6 +119,17 @@ def test_tone_fidelity_measures_a_copys_loudness_and_pitch_against_the_original(
     ratio, semitones = tone_fidelity(tone(0.5, 300), tone(0.05, 300 * 2 ** (3 / 12)), 16000)
     assert abs(ratio - 0.1) < 0.005 and abs(semitones - 3) < 0.1
     assert tone_fidelity(np.zeros(16000), tone(0.5, 300), 16000) is None
+
+
+def test_loudness_by_frame_shows_where_in_pitch_a_copy_of_a_sweep_fades():
+    t = np.arange(16000) / 16000
+    hz = 300 * 4**t
+    sweep = 0.5 * np.sin(2 * np.pi * np.cumsum(hz) / 16000)
+    faded = sweep * np.where(hz > 900, 0.1, 1.0)  # its top fades, as the demo's codec did to sweeps
+    pitch, loudness = loudness_by_frame(sweep, faded, 16000)
+    assert pitch.min() < 320 and pitch.max() > 1100
+    assert np.allclose(loudness[pitch < 850], 1, atol=0.05) and np.allclose(loudness[pitch > 950], 0.1, atol=0.01)
+    assert len(loudness_by_frame(np.zeros(16000), sweep, 16000)[0]) == 0
 
 
 def test_judges_say_none_when_nothing_is_shown():
