@@ -62,6 +62,7 @@ class AudioTokenizerConfig:
         decoder_channels: decoder width at full rate (defaults to ``channels``); it doubles per
             stage like the encoder's, and its frame-rate width is also the iSTFT head's width.
         decoder_depth: ConvNeXt blocks of the ``istft`` decoder.
+        window_hops: the ``istft`` decoder's STFT window in hops (Vocos: 4).
         max_channels: cap on the doubling.
         latent_dim: width of the features handed to the quantizer.
         dilations: dilations of the residual units in every stage (SEANet: 1, 3, 9).
@@ -83,6 +84,7 @@ class AudioTokenizerConfig:
     decoder: Literal["conv", "istft"] = "conv"
     decoder_channels: int | None = None
     decoder_depth: int = 8
+    window_hops: int = 4
     max_channels: int = 512
     latent_dim: int = 64
     dilations: list[int] = field(default_factory=lambda: [1, 3, 9])
@@ -262,8 +264,9 @@ class ISTFTDecoder(nn.Module):
     The network runs at the frame rate only, and the sinusoids come from the inverse FFT: a
     transposed-conv decoder must build every pitch out of its upsampling filters, and a small
     one trained briefly falls back to harmonics of the frame rate (a rising tone comes out
-    as a steady buzz). STFT hop = the codec's hop, window = 4 hops (Vocos's ratio); frame f
-    is centred on sample ``f * hop``. Not causal: overlap-add reaches 1.5 hops ahead.
+    as a steady buzz). STFT hop = the codec's hop, window = ``window_hops`` hops (Vocos: 4; 2
+    faded more of the demo's sweeps); frame f is centred on sample ``f * hop``. Not causal:
+    overlap-add reaches ``window_hops / 2 - 0.5`` hops ahead.
     """
 
     def __init__(self, c: AudioTokenizerConfig):
@@ -272,7 +275,7 @@ class ISTFTDecoder(nn.Module):
             raise ValueError("AudioTokenizerConfig: decoder='istft' is not causal (overlap-add looks ahead); "
                              "use decoder='conv' with causal=True for streaming")
         width, self.hop = _decoder_widths(c)[-1], c.hop_length
-        self.n_fft = 4 * self.hop
+        self.n_fft = c.window_hops * self.hop
         self.input = nn.Conv1d(c.latent_dim, width, c.kernel_size, padding=c.kernel_size // 2)
         self.norm = nn.LayerNorm(width)
         depth = c.decoder_depth
