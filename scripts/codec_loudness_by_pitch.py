@@ -29,6 +29,8 @@ def loudness_by_pitch(tokenizer, held_out: Path, patterns: list[str], edges: np.
             pitch, ratio = judges.loudness_by_frame(original, copy, plan.sample_rate)
             hz.append(pitch)
             loudness.append(ratio)
+    if not hz:
+        raise SystemExit(f"{held_out}: none of the first {plan.eval_per_direction} held-out sounds plays {patterns}")
     hz, loudness = np.concatenate(hz), np.concatenate(loudness)
     band = np.digitize(hz, edges) - 1
     return {f"{lo:.0f}-{hi:.0f} Hz": {"frames": int(inside.sum()),
@@ -43,6 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--patterns", nargs="+", default=["a rising tone", "a falling tone"], help="sound patterns")
     parser.add_argument("--bands", type=int, default=10, help="pitch bands, equal in octaves, 280-1300 Hz")
     args = parser.parse_args(argv)
+    if unknown := sorted(set(args.patterns) - set(world.PATTERNS)):
+        parser.error(f"--patterns: unknown {unknown}; the world's patterns are {list(world.PATTERNS)}")
     edges = np.geomspace(world.LOW_HZ * 0.92, world.HIGH_HZ * 1.08, args.bands + 1)
     table = loudness_by_pitch(load_tokenizer(args.tokenizer), args.world / "held_out" / "manifest.jsonl",
                               args.patterns, edges, demo.PLANS["default"])

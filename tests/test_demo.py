@@ -248,6 +248,9 @@ def test_the_codec_loudness_table_reports_the_held_out_sweeps_loudness_per_pitch
     assert table_script.main([str(demo / "tokenizers" / "audio"), "--world", str(demo), "--bands", "4"]) == 0
     table = json.loads(capsys.readouterr().out)
     assert 1 <= len(table) <= 4 and all(row["frames"] > 0 and row["loudness"] >= 0 for row in table.values())
+    with pytest.raises(SystemExit):
+        table_script.main([str(demo / "tokenizers" / "audio"), "--world", str(demo), "--patterns", "a whistle"])
+    assert "unknown ['a whistle']" in capsys.readouterr().err
 
 
 def test_the_visual_comparison_judges_images_and_videos_attribute_by_attribute(demo, tmp_path, script):
