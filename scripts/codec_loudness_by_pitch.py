@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("tokenizer", type=Path, help="an exported audio codec folder")
     parser.add_argument("--world", type=Path, required=True, help="an `anyseq demo` output folder (its held_out/)")
     parser.add_argument("--patterns", nargs="+", default=["a rising tone", "a falling tone"], help="sound patterns")
-    parser.add_argument("--bands", type=int, default=10, help="pitch bands, equal in octaves, 280-1300 Hz")
+    parser.add_argument("--bands", type=int, default=10, help="pitch bands, equal in octaves, over the world's tones (276-1296 Hz)")
     args = parser.parse_args(argv)
     if unknown := sorted(set(args.patterns) - set(world.PATTERNS)):
         parser.error(f"--patterns: unknown {unknown}; the world's patterns are {list(world.PATTERNS)}")

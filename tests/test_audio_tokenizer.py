@@ -132,9 +132,11 @@ def test_the_istft_decoder_synthesises_any_pitch_its_spectrum_names(window_hops)
     assert steady.abs().max() > 0.01
 
 
-def test_the_istft_decoder_refuses_a_causal_codec():
+def test_the_istft_decoder_refuses_a_causal_codec_or_windows_that_leave_gaps():
     with pytest.raises(ValueError, match="not causal"):
         small(decoder="istft", causal=True)
+    with pytest.raises(ValueError, match="window_hops must be at least 2"):
+        small(decoder="istft", window_hops=1)
     with pytest.raises(ValueError, match="'conv' or 'istft'"):
         small(decoder="wavenet")
 

@@ -274,6 +274,9 @@ class ISTFTDecoder(nn.Module):
         if c.causal:
             raise ValueError("AudioTokenizerConfig: decoder='istft' is not causal (overlap-add looks ahead); "
                              "use decoder='conv' with causal=True for streaming")
+        if c.window_hops < 2:
+            raise ValueError(f"AudioTokenizerConfig.window_hops must be at least 2 (overlapping Hann windows add up "
+                             f"to a constant; one hop leaves gaps the inverse STFT cannot fill), got {c.window_hops}")
         width, self.hop = _decoder_widths(c)[-1], c.hop_length
         self.n_fft = c.window_hops * self.hop
         self.input = nn.Conv1d(c.latent_dim, width, c.kernel_size, padding=c.kernel_size // 2)
