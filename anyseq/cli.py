@@ -57,6 +57,20 @@ def lightning_cli(argv: list[str]) -> None:
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
         )
+    close_process_group()
+
+
+def close_process_group() -> None:
+    """Destroy the process group a finished multi-process run leaves open.
+
+    Left to interpreter exit, gloo's worker threads are torn down after Python is, and the
+    process now and then aborts (SIGABRT, "terminate called without an active exception") after
+    the run succeeded. Only after success: a rank that failed must not wait on the others here.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -121,6 +121,17 @@ def test_fsdp2_in_one_process_draws_the_unsharded_weights_and_computes_in_bf16(t
 
 # -- FSDP2 through anyseq fit, two CPU processes ---------------------------------------------------
 
+def test_a_finished_run_closes_its_process_group(tmp_path):
+    """Left open to interpreter exit, gloo's threads now and then abort a run that succeeded."""
+    import torch.distributed as dist
+    from anyseq.cli import close_process_group
+
+    dist.init_process_group("gloo", store=dist.FileStore(str(tmp_path / "store"), 1), rank=0, world_size=1)
+    close_process_group()
+    assert not dist.is_initialized()
+    close_process_group()  # a one-process run never opened one: nothing to do
+
+
 def fit(data, out, strategy, steps, extra=(), ok=True):
     """``anyseq fit`` on two CPU processes; its stderr (which must report success if ``ok``)."""
     args = [
