@@ -475,7 +475,7 @@ def _read(path: Path, target: str, plan: Plan) -> Any:
     return media.read_audio(path, sample_rate=plan.sample_rate)[0]
 
 
-def _round_trip(tokenizer, kind: str, x: np.ndarray, plan: Plan) -> np.ndarray:
+def round_trip(tokenizer, kind: str, x: np.ndarray, plan: Plan) -> np.ndarray:
     """Media (as :func:`_read` gives them) through the tokenizer and back, as the judges read media."""
     if kind == "audio":
         wav = torch.as_tensor(x, dtype=torch.float32)[None, None]
@@ -511,7 +511,7 @@ def round_trips(tokenizer, kind: str, held_out: Path, plan: Plan) -> Iterator[tu
     """(true scene, original, reconstruction) of the first held-out media of ``kind``."""
     for r in _held_out(held_out, kind, plan.eval_per_direction):
         original = _read(held_out.parent / r[kind], kind, plan)
-        yield world.parse_caption(r["text"]), original, _round_trip(tokenizer, kind, original, plan)
+        yield world.parse_caption(r["text"]), original, round_trip(tokenizer, kind, original, plan)
 
 
 def legibility(tokenizer, kind: str, held_out: Path, plan: Plan) -> dict[str, Any]:

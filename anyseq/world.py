@@ -238,7 +238,7 @@ def render_video(
 # ----------------------------------------------------------------------------- sounds
 
 
-def _envelope(t: np.ndarray, start: float, stop: float, ramp: float = 0.01) -> np.ndarray:
+def gate(t: np.ndarray, start: float, stop: float, ramp: float = 0.01) -> np.ndarray:
     """1 inside [start, stop], 0 outside, with linear ramps so notes do not click."""
     return np.clip(np.minimum(t - start, stop - t) / ramp, 0, 1)
 
@@ -258,12 +258,12 @@ def render_sound(
         hz = np.full_like(t, high if kind[0] == "high" else low)
         length, gap = seconds * (0.2 + _jitter(rng, 0.03)), seconds * (0.2 + _jitter(rng, 0.05))
         first = seconds * (0.5 + _jitter(rng, 0.05)) - length - gap / 2
-        envelope = _envelope(t, first, first + length) + _envelope(t, first + length + gap, first + 2 * length + gap)
+        envelope = gate(t, first, first + length) + gate(t, first + length + gap, first + 2 * length + gap)
     else:
         ends = {"rising": (low, high), "falling": (high, low), "high": (high, high), "low": (low, low)}
         start, stop = ends[kind[0]]
         hz = start * (stop / start) ** (t / seconds)  # exponential sweep: constant octaves per second
-        envelope = _envelope(t, 0.02 * seconds, 0.98 * seconds)
+        envelope = gate(t, 0.02 * seconds, 0.98 * seconds)
     phase = 2 * np.pi * np.cumsum(hz) / sample_rate + _jitter(rng, np.pi)
     wave = amplitude * envelope * np.sin(phase)
     if exists(rng):

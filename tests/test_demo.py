@@ -253,6 +253,17 @@ def test_the_codec_loudness_table_reports_the_held_out_sweeps_loudness_per_pitch
     assert "unknown ['a whistle']" in capsys.readouterr().err
 
 
+def test_the_codec_loudness_table_probes_with_a_steady_tone_per_band(demo, script, capsys):
+    table_script = script("codec_loudness_by_pitch")
+    assert table_script.main([str(demo / "tokenizers" / "audio"), "--steady", "--bands", "3"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert list(table) == ["357 Hz", "598 Hz", "1002 Hz"]  # geometric band centres over 276-1296 Hz
+    assert all(row["loudness"] >= 0 and row["pitch_error_semitones"] >= 0 for row in table.values())
+    with pytest.raises(SystemExit):
+        table_script.main([str(demo / "tokenizers" / "audio")])
+    assert "--world <demo folder>" in capsys.readouterr().err
+
+
 def test_the_visual_comparison_judges_images_and_videos_attribute_by_attribute(demo, tmp_path, script):
     compare = script("compare_demo_tokenizers")
     assert compare.main(["--kind", "visual", "--world", str(demo), "--out", str(tmp_path), "--steps", "2",
