@@ -8,7 +8,9 @@ fingerprints so a retrained tokenizer is never silently paired with an older mod
 
 from __future__ import annotations
 
+import pickle
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -82,9 +84,16 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         ckpt = read_sharded_checkpoint(path)
     elif not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found (anyseq fit writes them under its log dir)")
+    elif not zipfile.is_zipfile(path):  # torch.load's own errors here talk about mmap and file modes
+        raise ValueError(f"{path}: not a checkpoint: torch.save writes a zip archive and this file is none "
+                         "(cut short by an interrupted copy, or another kind of file); expected a .ckpt that anyseq fit wrote")
     else:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)  # our own Lightning checkpoint
-    if "anyseq" not in ckpt:
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)  # our own Lightning checkpoint
+        except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:  # a zip, but not torch's
+            raise ValueError(f"{path}: torch cannot read it as a checkpoint ({str(err).splitlines()[0]}); "
+                             "expected a .ckpt that anyseq fit wrote") from None
+    if not isinstance(ckpt, dict) or "anyseq" not in ckpt:
         raise ValueError(f"{path}: not an anyseq checkpoint (no 'anyseq' section); was it written by AnySeqModule?")
     return ckpt
 

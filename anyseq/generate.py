@@ -168,6 +168,15 @@ def make_target(
     ``any``, media without a size are free (up to the token space's largest), and the budget
     holds ``max_text_tokens`` of text beside the longest medium.
     """
+    wrong = [f"{name} must be {rule}, got {value}" for name, value, ok, rule in (
+        ("--height", height, height is None or height >= 1, "at least 1 token"),
+        ("--width", width, width is None or width >= 1, "at least 1 token"),
+        ("--frames", frames, frames >= 1, "at least 1"),
+        ("--seconds", seconds, seconds > 0, "above 0"),
+        ("--max-text-tokens", max_text_tokens, max_text_tokens >= 1, "at least 1"),
+    ) if not ok]
+    if wrong:  # each would sample a shape nobody asked for (a 0 height was taken as 'free')
+        raise ValueError(f"--to {to}: " + "; ".join(wrong))
     if to == "text":
         return Target("text", {"max_tokens": max_text_tokens}, max_text_tokens + 1)
     ser = bundle.serializer
@@ -192,6 +201,9 @@ def target_for(bundle: Bundle, args: argparse.Namespace) -> Target:
     visual = "image" in bundle.serializer.grammars
     if args.to in ("image", "video", "any") and (height is None or width is None) and visual:
         f = bundle.tokenizer("visual").compression["height"]
+        for flag, px in (("--height-px", args.height_px), ("--width-px", args.width_px)):
+            if px is not None and px < f:
+                raise ValueError(f"{flag} {px} is less than one token: the visual tokenizer makes a token of {f} pixels")
         height = height if height is not None else (args.height_px // f if args.height_px else None)
         width = width if width is not None else (args.width_px // f if args.width_px else None)
     return make_target(bundle, args.to, height, width, args.frames, args.seconds, args.max_text_tokens)
@@ -253,6 +265,7 @@ class _PromptAction(argparse.Action):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="anyseq generate",
+        allow_abbrev=False,  # '--prompt TEXT' must not be taken for '--prompts FILE'
         description="Sample any modality from a prompt of any modalities, with a trained checkpoint.",
         formatter_class=HelpFormatter,
     )
@@ -370,6 +383,20 @@ def _open_log(path: Path):
     return log
 
 
+def parse_device(name: str) -> torch.device:
+    """``--device`` as a torch device that exists here, or a clear error (not CUDA's init traceback)."""
+    try:
+        device = torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"--device {name!r} is not a torch device ({err}); expected cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: torch sees no CUDA device on this machine; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
+                         f"numbered from 0")
+    return device
+
+
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.prompts and args.prompt:
         raise ValueError("give the prompt as --text/--image/--video/--audio or as --prompts FILE, not both")
@@ -380,15 +407,16 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         raise ValueError("--keep selects segments of --prompts FILE records; there is no --prompts")
     prompts = read_prompts(args.prompts, args.keep) if args.prompts else [Prompt(
         [("text", Path(v).read_text()) if kind == "text_file" else (kind, v) for kind, v in (args.prompt or [])])]
-    dtype = args.dtype or ("bfloat16" if torch.device(args.device).type == "cuda" else "float32")
+    options = sampling_options(args)  # checked before minutes of loading a large model
+    device = parse_device(args.device)
+    dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
     bundle = load_bundle(
         args.checkpoint,
-        device=args.device,
+        device=device,
         dtype=getattr(torch, dtype),
         tokenizer_paths={"text": args.text_tokenizer, "visual": args.visual_tokenizer, "audio": args.audio_tokenizer},
     )
     target = target_for(bundle, args)
-    options = sampling_options(args)
     settings = {  # what makes two runs' samples the same: a rerun with all of them equal resumes
         "checkpoint": str(args.checkpoint), "checkpoint_mtime": Path(args.checkpoint).stat().st_mtime,
         "to": args.to, "options": asdict(options), "shape": target.shape, "seed": args.seed,

@@ -34,6 +34,17 @@ class SamplingOptions:
     top_p: float = 1.0
     cfg_scale: float = 1.0
 
+    def __post_init__(self) -> None:
+        # out of range, each would sample something quietly (a negative temperature ran as greedy)
+        wrong = [f"{name} must be {rule}, got {value}" for name, value, ok, rule in (
+            ("temperature", self.temperature, self.temperature >= 0, "at least 0 (0: greedy)"),
+            ("top_k", self.top_k, self.top_k >= 0, "at least 0 (0: all ids)"),
+            ("top_p", self.top_p, 0 < self.top_p <= 1, "in (0, 1] (1: off)"),
+            ("cfg_scale", self.cfg_scale, self.cfg_scale >= 0, "at least 0 (1: off, 0: unconditional)"),
+        ) if not ok]
+        if wrong:
+            raise ValueError("sampling options: " + "; ".join(wrong))
+
 
 def filter_logits(logits: Tensor, options: SamplingOptions) -> Tensor:
     """Temperature, top-k and top-p on (B, V) logits; disallowed ids stay at -inf."""

@@ -143,6 +143,47 @@ def test_generate_errors_name_the_fix(demo, tmp_path, capsys):
     assert "context" in err or "max_height" in err
 
 
+@pytest.mark.parametrize("args,message", [
+    (["--temperature", "-1"], "temperature must be at least 0"),  # ran as greedy before
+    (["--top-p", "2"], "top_p must be in (0, 1]"),
+    (["--top-k", "-5"], "top_k must be at least 0"),
+    (["--cfg", "-2"], "cfg_scale must be at least 0"),
+    (["--to", "image", "--height", "0", "--width", "2"], "--height must be at least 1 token, got 0"),  # was 'free'
+    (["--to", "image", "--height-px", "3", "--width", "2"], "--height-px 3 is less than one token"),
+    (["--to", "video", "--height", "2", "--width", "2", "--frames", "0"], "--frames must be at least 1"),
+    (["--to", "audio", "--seconds", "-1"], "--seconds must be above 0"),  # sampled one frame before
+    (["--max-text-tokens", "0"], "--max-text-tokens must be at least 1"),
+    (["--device", "nodevice"], "--device 'nodevice' is not a torch device"),
+    (["--prompt", "x"], "unrecognized arguments: --prompt"),  # not an abbreviation of --prompts FILE
+])  # fmt: skip
+def test_generate_refuses_out_of_range_options_naming_them(demo, tmp_path, capsys, args, message):
+    base = ["generate", "--checkpoint", str(demo / "model" / "last.ckpt"), "--text", "x", "--out", str(tmp_path / "o")]
+    try:
+        code = anyseq([*base, *args])
+    except SystemExit as exit:  # argparse's own errors
+        code = exit.code
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for a GPU that is not there")
+def test_generate_on_a_missing_gpu_says_so(demo, tmp_path, capsys):
+    assert anyseq(["generate", "--checkpoint", str(demo / "model" / "last.ckpt"), "--device", "cuda",
+                   "--out", str(tmp_path)]) == 2
+    assert "torch sees no CUDA device on this machine; use --device cpu" in capsys.readouterr().err
+
+
+def test_a_file_that_is_no_checkpoint_is_refused_naming_it(demo, tmp_path, capsys):
+    whole = (demo / "model" / "last.ckpt").read_bytes()
+    cut, text = tmp_path / "cut.ckpt", tmp_path / "notes.ckpt"
+    cut.write_bytes(whole[: len(whole) // 2])  # an interrupted copy
+    text.write_text("not a checkpoint")
+    for path in (cut, text):
+        assert anyseq(["generate", "--checkpoint", str(path), "--out", str(tmp_path / "o")]) == 2
+        assert f"{path}: not a checkpoint: torch.save writes a zip archive" in capsys.readouterr().err
+
+
 def test_a_prompts_file_is_sampled_in_fixed_batches_and_a_rerun_resumes_them(demo, tmp_path, capsys):
     """Many prompts in one call; after an interruption the rerun samples only what is missing, identically."""
     prompts = tmp_path / "prompts.jsonl"
