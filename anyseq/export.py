@@ -92,10 +92,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from anyseq.checkpoint import load_bundle
 
-    bundle = load_bundle(args.checkpoint)
     try:
+        bundle = load_bundle(args.checkpoint)
         export_hf(bundle.model, args.out, bundle.space)
-    except ValueError as err:
+    except (FileNotFoundError, ValueError) as err:
         print(f"anyseq export-hf: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {args.out} (load with transformers.LlamaForCausalLM.from_pretrained)", file=sys.stderr)

@@ -74,6 +74,8 @@ def test_anyseq_eval_tokenizer_runs_the_audio_evaluator(tokenizer_dir, clips, tm
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["files"] == 2 and m["opus"] == {"skipped": "disabled"}
     assert "levels" in capsys.readouterr().out
+    rc = anyseq(["eval-tokenizer", "--tokenizer", str(tokenizer_dir), "--data", str(tmp_path / "nope"), "--out", str(tmp_path)])
+    assert rc == 2 and "nope: audio source not found" in capsys.readouterr().err
 
 
 def test_benchmark_reports_real_time_factors(tokenizer_dir, tmp_path, capsys):

@@ -125,6 +125,15 @@ def test_export_refuses_what_llama_cannot_express(tmp_path):
         export_hf(tiny(qk_norm=True), tmp_path)
 
 
+def test_export_hf_names_a_missing_or_unreadable_checkpoint(tmp_path, capsys):
+    from anyseq.cli import main as anyseq
+
+    (tmp_path / "notes.ckpt").write_text("not a checkpoint")
+    for name, message in (("nope.ckpt", "checkpoint not found"), ("notes.ckpt", "not a checkpoint: torch.save writes")):
+        assert anyseq(["export-hf", "--checkpoint", str(tmp_path / name), "--out", str(tmp_path / "hf")]) == 2
+        assert message in capsys.readouterr().err
+
+
 def test_the_sampler_benchmark_times_both_ways_of_masking_and_drawing(tmp_path, script):
     bench = script("bench_sampler")
     out = tmp_path / "sampler.json"

@@ -244,13 +244,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-opus", action="store_true", help="skip the Opus reference")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
-    tokenizer = load_tokenizer(args.tokenizer, map_location=args.device)
-    if not isinstance(tokenizer, AudioTokenizer):
-        print(f"error: {args.tokenizer} holds a {type(tokenizer).__name__}, not an AudioTokenizer", file=sys.stderr)
+    try:
+        tokenizer = load_tokenizer(args.tokenizer, map_location=args.device)
+        if not isinstance(tokenizer, AudioTokenizer):
+            raise TypeError(f"{args.tokenizer}: holds a {type(tokenizer).__name__}, not an AudioTokenizer")
+        metrics = evaluate_folder(
+            tokenizer, args.data, args.out, args.limit, args.examples, args.max_seconds, args.chunk_seconds, not args.no_opus
+        )
+    except (FileNotFoundError, ValueError, TypeError) as e:
+        print(f"anyseq eval-tokenizer: error: {e}", file=sys.stderr)
         return 2
-    metrics = evaluate_folder(
-        tokenizer, args.data, args.out, args.limit, args.examples, args.max_seconds, args.chunk_seconds, not args.no_opus
-    )
     print(format_metrics(metrics))
     print(f"wrote {Path(args.out) / 'metrics.json'}")
     return 0
