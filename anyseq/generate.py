@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from anyseq.checkpoint import Bundle, load_bundle
-from anyseq.helpers import HelpFormatter
+from anyseq.helpers import HelpFormatter, out_of_range
 from anyseq.sampling import SamplingOptions, sample
 from anyseq.sequence import Constraint, Segment
 
@@ -168,15 +168,14 @@ def make_target(
     ``any``, media without a size are free (up to the token space's largest), and the budget
     holds ``max_text_tokens`` of text beside the longest medium.
     """
-    wrong = [f"{name} must be {rule}, got {value}" for name, value, ok, rule in (
+    if wrong := out_of_range(  # each would sample a shape nobody asked for (a 0 height was taken as 'free')
         ("--height", height, height is None or height >= 1, "at least 1 token"),
         ("--width", width, width is None or width >= 1, "at least 1 token"),
         ("--frames", frames, frames >= 1, "at least 1"),
         ("--seconds", seconds, seconds > 0, "above 0"),
         ("--max-text-tokens", max_text_tokens, max_text_tokens >= 1, "at least 1"),
-    ) if not ok]
-    if wrong:  # each would sample a shape nobody asked for (a 0 height was taken as 'free')
-        raise ValueError(f"--to {to}: " + "; ".join(wrong))
+    ):
+        raise ValueError(f"--to {to}: {wrong}")
     if to == "text":
         return Target("text", {"max_tokens": max_text_tokens}, max_text_tokens + 1)
     ser = bundle.serializer
@@ -391,18 +390,15 @@ def parse_device(name: str) -> torch.device:
         raise ValueError(f"--device {name!r} is not a torch device ({err}); expected cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: torch sees no CUDA device on this machine; use --device cpu")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s), "
-                         f"numbered from 0")
     return device
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.prompts and args.prompt:
         raise ValueError("give the prompt as --text/--image/--video/--audio or as --prompts FILE, not both")
-    if args.num_samples < 1 or args.batch_size < 1:
-        raise ValueError(f"--num-samples and --batch-size must be at least 1, "
-                         f"got {args.num_samples} and {args.batch_size}")
+    if wrong := out_of_range(("--num-samples", args.num_samples, args.num_samples >= 1, "at least 1"),
+                             ("--batch-size", args.batch_size, args.batch_size >= 1, "at least 1")):
+        raise ValueError(wrong)
     if args.keep and not args.prompts:
         raise ValueError("--keep selects segments of --prompts FILE records; there is no --prompts")
     prompts = read_prompts(args.prompts, args.keep) if args.prompts else [Prompt(

@@ -1,4 +1,4 @@
-"""Tiny helpers in one place: lucidrains' two for optional arguments, and the programs' --help layout."""
+"""Tiny helpers in one place: lucidrains' two for optional arguments, range checks, and the programs' --help layout."""
 
 from __future__ import annotations
 
@@ -11,6 +11,13 @@ def exists(x) -> bool:
 
 def default(x, d):
     return x if exists(x) else d
+
+
+def out_of_range(*checks: tuple[str, object, bool, str]) -> str | None:
+    """"NAME must be RULE, got VALUE" for each ``(name, value, ok, rule)`` that is not ok, joined
+    with "; " (None when all are), so one error names every bad setting at once."""
+    wrong = [f"{name} must be {rule}, got {value}" for name, value, ok, rule in checks if not ok]
+    return "; ".join(wrong) if wrong else None
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from anyseq.helpers import out_of_range
 from anyseq.model import Transformer
 from anyseq.sequence import Constraint, Ranges
 
@@ -36,14 +37,13 @@ class SamplingOptions:
 
     def __post_init__(self) -> None:
         # out of range, each would sample something quietly (a negative temperature ran as greedy)
-        wrong = [f"{name} must be {rule}, got {value}" for name, value, ok, rule in (
+        if wrong := out_of_range(
             ("temperature", self.temperature, self.temperature >= 0, "at least 0 (0: greedy)"),
             ("top_k", self.top_k, self.top_k >= 0, "at least 0 (0: all ids)"),
             ("top_p", self.top_p, 0 < self.top_p <= 1, "in (0, 1] (1: off)"),
             ("cfg_scale", self.cfg_scale, self.cfg_scale >= 0, "at least 0 (1: off, 0: unconditional)"),
-        ) if not ok]
-        if wrong:
-            raise ValueError("sampling options: " + "; ".join(wrong))
+        ):
+            raise ValueError(f"sampling options: {wrong}")
 
 
 def filter_logits(logits: Tensor, options: SamplingOptions) -> Tensor:

@@ -153,6 +153,7 @@ def test_generate_errors_name_the_fix(demo, tmp_path, capsys):
     (["--to", "video", "--height", "2", "--width", "2", "--frames", "0"], "--frames must be at least 1"),
     (["--to", "audio", "--seconds", "-1"], "--seconds must be above 0"),  # sampled one frame before
     (["--max-text-tokens", "0"], "--max-text-tokens must be at least 1"),
+    (["--num-samples", "0", "--batch-size", "0"], "--num-samples must be at least 1, got 0; --batch-size must be"),
     (["--device", "nodevice"], "--device 'nodevice' is not a torch device"),
     (["--prompt", "x"], "unrecognized arguments: --prompt"),  # not an abbreviation of --prompts FILE
 ])  # fmt: skip

@@ -126,10 +126,17 @@ def test_export_refuses_what_llama_cannot_express(tmp_path):
 
 
 def test_export_hf_names_a_missing_or_unreadable_checkpoint(tmp_path, capsys):
+    import zipfile
+
     from anyseq.cli import main as anyseq
 
     (tmp_path / "notes.ckpt").write_text("not a checkpoint")
-    for name, message in (("nope.ckpt", "checkpoint not found"), ("notes.ckpt", "not a checkpoint: torch.save writes")):
+    with zipfile.ZipFile(tmp_path / "archive.ckpt", "w") as archive:
+        archive.writestr("a.txt", "a zip, but not one torch.save wrote")
+    torch.save([1, 2], tmp_path / "list.ckpt")
+    for name, message in (("nope.ckpt", "checkpoint not found"), ("notes.ckpt", "not a checkpoint: torch.save writes"),
+                          ("archive.ckpt", "torch cannot read it as a checkpoint"),
+                          ("list.ckpt", "not an anyseq checkpoint")):
         assert anyseq(["export-hf", "--checkpoint", str(tmp_path / name), "--out", str(tmp_path / "hf")]) == 2
         assert message in capsys.readouterr().err
 
