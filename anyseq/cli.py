@@ -9,6 +9,7 @@ argparse programs, each living beside the code it drives and imported only when 
 from __future__ import annotations
 
 import importlib
+import linecache
 import sys
 import warnings
 
@@ -39,7 +40,45 @@ Programs:
 """
 
 
-def lightning_cli(argv: list[str]) -> None:
+def lightning_cli(argv: list[str]) -> int:
+    """LightningCLI; a bad setting ends in one line naming it (exit 2), a bug keeps its traceback."""
+    try:
+        run_lightning_cli(argv)
+    except Exception as err:
+        wrong = message_for_the_user(err)
+        if wrong is None:
+            raise
+        print(f"anyseq {argv[0]}: error: {wrong}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def message_for_the_user(err: BaseException) -> str | None:
+    """The message of an error that is about the user's input, None for a bug.
+
+    Input errors are the ones raised on purpose: by a ``raise`` statement in anyseq's code (a
+    ValueError, KeyError or TypeError there names the setting and what to type), Lightning's
+    MisconfigurationException, or a missing file. jsonargparse wraps errors raised while it builds
+    the model and data, so the innermost cause is the one read.
+    """
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    while err.__cause__ is not None:
+        err = err.__cause__
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    if isinstance(err, (FileNotFoundError, MisconfigurationException)):
+        return text
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None or not isinstance(err, (ValueError, KeyError, TypeError)):
+        return None
+    ours = tb.tb_frame.f_globals.get("__name__", "").startswith("anyseq.")
+    deliberate = linecache.getline(tb.tb_frame.f_code.co_filename, tb.tb_lineno).lstrip().startswith("raise")
+    return text if ours and deliberate else None
+
+
+def run_lightning_cli(argv: list[str]) -> None:
     from lightning.pytorch import LightningDataModule, LightningModule
     from lightning.pytorch.cli import LightningCLI
 
@@ -81,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command in LIGHTNING_COMMANDS:
-        lightning_cli([command, *rest])
-        return 0
+        return lightning_cli([command, *rest])
     if command not in COMMANDS:
         print(f"anyseq: unknown command {command!r}\n", file=sys.stderr)
         print(USAGE.format(programs=programs), file=sys.stderr)

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from anyseq.checkpoint import init_from_checkpoint, read_checkpoint
 from anyseq.config import ModelConfig
+from anyseq.helpers import exists
 from anyseq.kernels import linear_cross_entropy
 from anyseq.model import Transformer
 from anyseq.parallelize import build, check_activation_checkpointing
@@ -121,8 +122,10 @@ class AnySeqModule(L.LightningModule):
                            f"{', '.join(ranges['carried'])}; fresh rows: {', '.join(ranges['fresh']) or 'none'}")
 
         sharding, hp = self._sharding(), self.hparams
+        config = self._architecture(ckpt).with_vocab(self.space.size)
+        self._check_rows_fit(config)
         self.model = build(
-            self._architecture(ckpt).with_vocab(self.space.size),
+            config,
             **sharding,
             activation_checkpointing=hp.activation_checkpointing,
             checkpoint_policy=hp.checkpoint_policy,
@@ -139,6 +142,15 @@ class AnySeqModule(L.LightningModule):
             options.append("torch.compile per block")
         if options:
             rank_zero_info(f"model: {', '.join(options)}")
+
+    def _check_rows_fit(self, config: ModelConfig) -> None:
+        """The datamodule's packed rows must fit the model's context: found here, not at the first step."""
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        rows = getattr(dm, "hparams", {}).get("seq_len")
+        if exists(rows) and rows > config.max_seq_len:
+            raise ValueError(f"data seq_len={rows} is longer than the model's max_seq_len={config.max_seq_len}: "
+                             "lower --data.init_args.seq_len, or raise max_seq_len with "
+                             f"--model.init_args.model_overrides='{{max_seq_len: {rows}}}'")
 
     def _sharding(self) -> dict[str, Any]:
         """FSDP2's mesh, device and compute dtype under a ModelParallelStrategy; nothing otherwise."""

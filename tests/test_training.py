@@ -255,6 +255,27 @@ def test_unknown_config_key_is_named(text_data, capsys):
     assert "learning_rate" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("setting, says", [
+    ("--data.init_args.train=[{nope}]", "{nope}: shard folder does not exist; create it with `anyseq tokenize-dataset"),
+    ("--model.init_args.preset=smal", "unknown model preset 'smal'; choose one of ['100m'"),
+    ("--data.init_args.seq_len=4096", "data seq_len=4096 is longer than the model's max_seq_len=256: lower"),
+    ("--ckpt_path={nope}", "Checkpoint file not found"),
+], ids=["shards", "preset", "seq_len", "ckpt_path"])
+def test_a_bad_setting_ends_fit_in_one_line_that_names_it(text_data, tmp_path, capsys, setting, says):
+    root, _ = text_data
+    assert anyseq(fit_args(root, 1, [setting.format(nope=tmp_path / "nope")])) == 2
+    err = capsys.readouterr().err
+    assert f"anyseq fit: error: {says.format(nope=tmp_path / 'nope')}" in err and "Traceback" not in err
+
+
+def test_a_bug_in_training_keeps_its_traceback(text_data, monkeypatch):
+    """Only errors raised on purpose become one line; a ValueError from a mistake propagates."""
+    root, _ = text_data
+    monkeypatch.setattr("anyseq.training.linear_cross_entropy", lambda *args: (1, 2, 3))
+    with pytest.raises(ValueError, match="too many values to unpack"):
+        anyseq(fit_args(root, 1))
+
+
 def test_missing_shard_folder_says_what_to_run(tmp_path):
     from anyseq.data.datamodule import ShardDataModule
 
