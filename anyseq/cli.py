@@ -80,14 +80,17 @@ def message_for_the_user(err: BaseException) -> str | None:
 
 def run_lightning_cli(argv: list[str]) -> None:
     from lightning.pytorch import LightningDataModule, LightningModule
-    from lightning.pytorch.cli import LightningCLI
+
+    from anyseq.resume import ResumingCLI
 
     with warnings.catch_warnings():  # argv is always given on purpose: the console's or the demo's
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         # The tokenizers optimise by hand and resume from the weights after a step, which is what
         # the checkpoint holds; Lightning's advice (save the weights before the step) does not apply.
         warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
-        LightningCLI(
+        # --ckpt_path last resumes an earlier version's checkpoint into a new version folder, on purpose
+        warnings.filterwarnings("ignore", message="The dirpath has changed from")
+        ResumingCLI(
             LightningModule,
             LightningDataModule,
             subclass_mode_model=True,

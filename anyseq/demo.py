@@ -201,8 +201,9 @@ def _cli(argv: list[str]) -> None:
 
 
 def _quiet_trainer(root: Path, steps: int, plan: Plan) -> list[str]:
+    """The training stages' trainer; an interrupted stage goes on from its last checkpoint."""
     return [f"--trainer.max_steps={steps}", f"--trainer.default_root_dir={root}",
-            f"--trainer.accelerator={plan.accelerator}", "--trainer.enable_model_summary=false"]
+            f"--trainer.accelerator={plan.accelerator}", "--trainer.enable_model_summary=false", "--ckpt_path=last"]
 
 
 def stage_world(out: Path, plan: Plan) -> dict[str, Any]:
@@ -281,11 +282,11 @@ def stage_model(out: Path, shards: str, plan: Plan, extra: tuple[str, ...] = ())
           f"--data.init_args.batch_size={plan.batch_size}", f"--data.init_args.seq_len={plan.seq_len}",
           f"--data.init_args.condition_dropout={plan.condition_dropout}",
           "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={root}",
-          "--trainer.logger.name=log", "--trainer.logger.version=0",
+          "--trainer.logger.name=log",
           "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint",
           f"--trainer.callbacks.dirpath={out / 'model'}", "--trainer.callbacks.save_last=true",
           *_quiet_trainer(root, plan.model_steps, plan), *extra])
-    return {"checkpoint": str(out / "model" / "last.ckpt"), "metrics": str(root / "log" / "version_0" / "metrics.csv")}
+    return {"checkpoint": str(out / "model" / "last.ckpt"), "metrics": str(root / "log")}
 
 
 def retrain_model(out: Path, shards: str, held_out: Path, plan: Plan, extra: tuple[str, ...], device: str) -> dict:
@@ -549,14 +550,26 @@ def _media_html(path: Path) -> str:
     return f'<img src="{_data_uri(path)}" width="96" style="image-rendering: pixelated">'
 
 
-def _loss_svg(metrics_csv: Path) -> str:
-    if not metrics_csv.exists():
+def training_log(path: str | Path) -> list[dict[str, str]]:
+    """The logged rows of a CSVLogger folder (or of one metrics.csv), run after run: a stage
+    resumed from its checkpoint logs to the next ``version_N`` from the checkpoint's step on, so
+    the rows of the interrupted run from that step are dropped."""
+    path = Path(path)
+    runs = [path] if path.suffix == ".csv" else sorted(path.glob("version_*/metrics.csv"),
+                                                      key=lambda p: int(p.parent.name.removeprefix("version_")))
+    rows: list[dict[str, str]] = []
+    for metrics in filter(Path.exists, runs):
+        with metrics.open() as f:
+            run = list(csv.DictReader(f))
+        if run:
+            rows = [r for r in rows if int(r["step"]) < int(run[0]["step"])] + run
+    return rows
+
+
+def _loss_svg(log: list[dict[str, str]]) -> str:
+    if not log:
         return "<p>(no loss log)</p>"
-    points = []
-    with metrics_csv.open() as f:
-        for row in csv.DictReader(f):
-            if row.get("train/loss"):
-                points.append((int(row["step"]), float(row["train/loss"])))
+    points = [(int(row["step"]), float(row["train/loss"])) for row in log if row.get("train/loss")]
     if len(points) < 2:
         return "<p>(too few logged steps for a curve)</p>"
     steps, losses = zip(*points)
@@ -604,7 +617,7 @@ def write_report(out: Path, progress: dict[str, Any], plan: Plan) -> Path:
             caption = "" if source == "text" else f"<br><small>{e(s['caption'])}</small>"
             parts.append(f"<tr><td>{prompt}{caption}</td><td>{output}</td><td>{verdict}</td></tr>")
         parts.append("</table>")
-    parts.append("<h2>Transformer training loss</h2>" + _loss_svg(Path(progress["model"]["metrics"])))
+    parts.append("<h2>Transformer training loss</h2>" + _loss_svg(training_log(progress["model"]["metrics"])))
     if "tokenizer_metrics" in progress:
         parts.append("<h2>Tokenizers on held-out media</h2><pre>"
                      + e(json.dumps({k: v for k, v in progress["tokenizer_metrics"].items() if k != "seconds"},

@@ -19,7 +19,6 @@ runs made the same way). Runs already in ``--out/results.json`` are not trained 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import multiprocessing
 import shlex
@@ -41,11 +40,10 @@ def accuracies(directions: dict[str, Any]) -> dict[str, dict[str, float]]:
     return table
 
 
-def final_losses(metrics_csv: str) -> dict[str, float]:
-    """Mean training loss per modality over the last logged batches of a run's metrics.csv
+def final_losses(metrics: str) -> dict[str, float]:
+    """Mean training loss per modality over the last logged batches of a run's CSV log
     (none for a run too short to log one)."""
-    path = Path(metrics_csv)
-    rows = [r for r in csv.DictReader(path.open()) if r.get("train/loss")] if path.exists() else []
+    rows = [r for r in demo.training_log(metrics) if r.get("train/loss")]
     if not rows:
         return {}
     losses = {}

@@ -89,6 +89,39 @@ def test_rerun_resumes_without_redoing_finished_stages(demo, capsys):
         assert f"[demo] {stage}: already done" in out
 
 
+def test_an_interrupted_model_stage_goes_on_from_its_checkpoint_to_the_same_weights_and_log(demo, tmp_path):
+    """Cut after 4 of its 8 steps and run again, the transformer stage resumes (the schedule is the
+    whole run's, as when a run is killed) and ends where an uninterrupted run ends; the loss log
+    holds each step once."""
+    plan, shards = demo_module.Plan.load(demo), str(demo / "shards")
+    extra = ("--model.init_args.max_steps=8", "--trainer.log_every_n_steps=1")
+    straight = demo_module.stage_model(tmp_path / "straight", shards, plan, extra)
+    demo_module.stage_model(tmp_path / "cut", shards, replace(plan, model_steps=4), extra)
+    resumed = demo_module.stage_model(tmp_path / "cut", shards, plan, extra)
+
+    def weights(run):
+        return torch.load(run["checkpoint"], weights_only=False)["state_dict"]
+
+    def losses(run):
+        return [(row["step"], row["train/loss"]) for row in demo_module.training_log(run["metrics"])
+                if row.get("train/loss")]
+
+    assert (tmp_path / "cut" / "runs" / "model" / "log" / "version_1").is_dir()  # the resumed run's log
+    a, b = weights(straight), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert losses(resumed) == losses(straight) and len(losses(straight)) == 8
+
+
+def test_the_training_log_of_a_resumed_run_keeps_each_step_once(tmp_path):
+    for version, steps in ((0, (9, 19, 29)), (1, (19, 29, 39))):  # resumed from step 19's checkpoint
+        (tmp_path / f"version_{version}").mkdir()
+        rows = ["step,train/loss"] + [f"{s},{version}.{s}" for s in steps]
+        (tmp_path / f"version_{version}" / "metrics.csv").write_text("\n".join(rows) + "\n")
+    log = demo_module.training_log(tmp_path)
+    assert [(r["step"], r["train/loss"]) for r in log] == [("9", "0.9"), ("19", "1.19"), ("29", "1.29"), ("39", "1.39")]
+    assert demo_module.training_log(tmp_path / "version_0" / "metrics.csv")[-1]["step"] == "29"
+
+
 def test_a_folder_made_with_another_plan_is_refused_not_mixed_in(demo):
     with pytest.raises(SystemExit, match=r"another plan .*n_images.*--fresh"):
         anyseq(["demo", "--out", str(demo)])  # the default plan over the quick one's stages

@@ -122,22 +122,30 @@ def test_condition_dropout_replaces_the_condition_of_media_documents(shards):
     assert not any((plain[r]["input_ids"] == UNCOND).any() for r in range(len(plain)))
 
 
-def test_sampler_resume_skips_exactly_the_consumed_rows(shards):
+def test_the_sampler_goes_on_from_the_trained_position_across_epochs_and_resumes(shards):
     ds = PackedDataset([shards], seq_len=4, seed=0)
     B, W = 2, 2
-    ranks = [ResumableSampler(ds, num_replicas=W, rank=r) for r in range(W)]
-    for s in ranks:
-        s.set_epoch(1)
+    ranks = [ResumableSampler(ds, B, num_replicas=W, rank=r) for r in range(W)]
     full = [list(s) for s in ranks]
     seen = sorted(i for f in full for i in f)
-    assert len(set(seen)) == len(seen) and all(len(ds) <= i < 2 * len(ds) for i in seen)  # epoch 1, no repeats
-    steps = 3
+    assert len(set(seen)) == len(seen) and all(0 <= i < len(ds) for i in seen)  # epoch 0, no repeats
+    steps_per_epoch = len(ds) // (B * W)
     for r, s in enumerate(ranks):
-        s.resume(1, steps * B * W)
-        assert list(s) == full[r][steps * B:]  # continuing equals resuming
-        assert len(s) == len(full[r])  # Lightning counts the restored batches itself
-        s.set_epoch(2)
-        assert len(list(s)) == len(full[r])  # the next epoch is whole again
+        assert len(s) == len(full[r])
+        for _ in range(3):
+            s.advance()
+        assert list(s) == full[r][3 * B:]  # an iteration after 3 trained steps reads the rest
+        again = ResumableSampler(ds, B, num_replicas=W, rank=r)
+        again.resume(*s.position)
+        assert list(again) == list(s)  # resuming from the position equals going on
+        for _ in range(steps_per_epoch - 3):  # the epoch trained to its last whole step
+            s.advance()
+        assert s.position == (1, 0)
+        epoch_1 = list(s)
+        assert len(epoch_1) == len(full[r]) and all(len(ds) <= i < 2 * len(ds) for i in epoch_1)
+        validation = ResumableSampler(ds, B, num_replicas=W, rank=r, shuffle=False)
+        validation.resume(1, 4)
+        assert list(validation) == full[r]  # validation always reads epoch 0 whole
 
 
 class Recorder(L.LightningModule):
@@ -161,14 +169,15 @@ class Recorder(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def fit(path, steps, ckpt_dir=None, resume=None, **kw):
+def fit(path, steps, ckpt_dir=None, resume=None, save=None, reload=0, **kw):
     module = Recorder()
     dm = ShardDataModule(train=[str(path)], seq_len=16, batch_size=3, num_workers=0, seed=0, **kw)
-    save = L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=4, save_top_k=-1)
+    save = L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, **(save or {"every_n_train_steps": 4, "save_top_k": -1}))
     callbacks = [save] if ckpt_dir else []
     trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
                         enable_model_summary=False, enable_checkpointing=bool(ckpt_dir), callbacks=callbacks,
-                        limit_val_batches=2 if kw.get("val_fraction") else 0, num_sanity_val_steps=0)
+                        limit_val_batches=2 if kw.get("val_fraction") else 0, num_sanity_val_steps=0,
+                        reload_dataloaders_every_n_epochs=reload)
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
     return module.seen, dm
 
@@ -184,6 +193,31 @@ def test_datamodule_trains_and_resumes_exactly_under_lightning(tmp_path, shards)
         resumed, _ = fit(path, 10, resume=str(ckpt))
         assert len(resumed) == 10 - done
         assert all(torch.equal(a, b) for a, b in zip(resumed, straight[done:])), ckpt.name
+
+
+@pytest.mark.parametrize("stop", [2, 6, 8], ids=lambda n: f"stopped_at_{n}")
+def test_a_run_stopped_by_max_steps_resumes_exactly_and_so_does_its_resumption(tmp_path, shards, stop):
+    """The checkpoint a max_steps stop writes (at the end of its unfinished epoch, as the demo's
+    transformer saves), stopped mid-epoch or right at an epoch's end; then stopped again after
+    the resume and resumed once more: every batch is the unbroken run's."""
+    path = tmp_path / "a"
+    straight, _ = fit(path, 12)
+    steps_per_epoch = len(PackedDataset([shards], seq_len=16)) // 3
+    assert steps_per_epoch == 6  # stop 6 ends epoch 0; 8 and 9 lie mid epoch 1
+    seen, done = [], 0
+    for until in (stop, 9, 12):
+        last = tmp_path / f"ckpt_{until}"
+        part, _ = fit(path, until, ckpt_dir=last, resume=str(tmp_path / f"ckpt_{done}" / "last.ckpt") if done else None,
+                      save={"save_last": True})
+        seen += part
+        done = until
+    assert len(seen) == 12 and all(torch.equal(a, b) for a, b in zip(seen, straight))
+
+
+def test_loaders_made_again_every_epoch_go_on_in_the_data(tmp_path, shards):
+    straight, _ = fit(tmp_path / "a", 14)
+    reloaded, _ = fit(tmp_path / "a", 14, reload=1)
+    assert len(reloaded) == 14 and all(torch.equal(a, b) for a, b in zip(reloaded, straight))
 
 
 def test_val_fraction_holds_out_documents(shards, tmp_path):

@@ -109,22 +109,24 @@ def test_resume_is_exact(text_data, tmp_path):
     assert second == straight[4:]
 
 
-def test_the_cli_resumes_with_ckpt_path_last(text_data, tmp_path):
-    """The README's command: the same fit plus --ckpt_path last continues where it stopped. The
-    resumed half runs under another seed: only a real resume can still end on the straight
+def test_the_cli_resumes_with_ckpt_path_last(text_data, tmp_path, capsys):
+    """The README's command: the same fit plus --ckpt_path last continues where it stopped, though
+    the recipe's logger puts each run in a new version folder; a first run with it starts at step
+    0. The resumed half runs under another seed: only a real resume can still end on the straight
     run's weights."""
     root, _ = text_data
 
     def weights(folder):
-        last = max((folder / "checkpoints").glob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
+        last = max(folder.rglob("last*.ckpt"), key=lambda p: p.stat().st_mtime)
         return torch.load(last, weights_only=False)["state_dict"]
 
     def fit(folder, steps, *extra):
         return anyseq(fit_args(root, steps, ["--model.init_args.max_steps=4", f"--trainer.default_root_dir={folder}",
-                                             *extra]))
+                                             "--trainer.logger=true", *extra]))
 
-    assert fit(tmp_path / "straight", 4) == fit(tmp_path / "resumed", 2) == 0
+    assert fit(tmp_path / "straight", 4) == fit(tmp_path / "resumed", 2, "--ckpt_path", "last") == 0
     assert fit(tmp_path / "resumed", 4, "--seed_everything=1", "--ckpt_path", "last") == 0
+    assert sorted(p.parent.parent.name for p in (tmp_path / "resumed").rglob("last.ckpt")) == ["version_0", "version_1"]
     straight, resumed = weights(tmp_path / "straight"), weights(tmp_path / "resumed")
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 

@@ -95,7 +95,7 @@ class ShardDataModule(L.LightningDataModule):
                              hp.condition_dropout if shuffle else 0.0)
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = ResumableSampler(data, num_replicas=world, rank=rank, shuffle=shuffle)
+        sampler = ResumableSampler(data, hp.batch_size, num_replicas=world, rank=rank, shuffle=shuffle)
         if len(sampler) < hp.batch_size:
             raise ValueError(
                 f"{'train' if shuffle else 'validation'} shards make {len(data)} rows of seq_len={hp.seq_len}: "
@@ -110,8 +110,10 @@ class ShardDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup()
         loader = self._loader(self.train_sets, shuffle=True)
-        self._sampler = loader.sampler
-        if self._resume is not None:
+        previous, self._sampler = self._sampler, loader.sampler
+        if previous is not None:  # loaders made again (reload_dataloaders_every_n_epochs) go on in the data
+            self._sampler.resume(*previous.position)
+        elif self._resume is not None:
             self._apply_resume()
         return loader
 
@@ -125,18 +127,18 @@ class ShardDataModule(L.LightningDataModule):
         return {"train": list(hp.train), "weights": hp.weights, "seq_len": hp.seq_len, "seed": hp.seed,
                 "val_fraction": hp.val_fraction if not hp.val else 0.0}
 
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Counts the training rows as they are trained on (the loader reads ahead of them)."""
+        if self.trainer is not None and self.trainer.training and self._sampler is not None:
+            self._sampler.advance()
+        return batch
+
     def state_dict(self) -> dict[str, Any]:
-        """Rows consumed in the current epoch (all ranks together), read from the fit loop."""
-        trainer = self.trainer
-        if trainer is None:
+        """Where the training is in the data: the data epoch and the rows of it trained on (all ranks)."""
+        if self.trainer is None or self._sampler is None:
             return {}
-        batches = trainer.fit_loop.epoch_loop.batch_progress.current.ready
-        rows = batches * self.hparams.batch_size * trainer.world_size
-        epoch = self._sampler.data_epoch if self._sampler is not None else trainer.current_epoch
-        # a run stopped by max_steps counts its unfinished epoch as done, and a run resumed from it
-        # numbers the rest of that epoch as the next one: the offset maps its numbers to the data's
-        return {"epoch": epoch, "rows": rows, "epoch_offset": epoch - trainer.current_epoch,
-                "layout": self._layout_key()}
+        epoch, rows = self._sampler.position
+        return {"epoch": epoch, "rows": rows, "layout": self._layout_key()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if not state:
@@ -154,5 +156,4 @@ class ShardDataModule(L.LightningDataModule):
             self._apply_resume()
 
     def _apply_resume(self) -> None:
-        state = self._resume
-        self._sampler.resume(int(state["epoch"]), int(state["rows"]), int(state.get("epoch_offset", 0)))
+        self._sampler.resume(int(self._resume["epoch"]), int(self._resume["rows"]))

@@ -177,31 +177,34 @@ class PackedDataset(Dataset):
 
 
 class ResumableSampler(DistributedSampler):
-    """The rows of the current epoch in order, split across ranks; skips rows already trained.
+    """The training rows as one stream, epoch after epoch, split across ranks; every iteration
+    goes on from where training stands, so a resumed run reads what the unbroken run would have.
 
-    Rank ``r`` of ``W`` reads rows ``start + r, start + r + W, ...``: step ``j`` of every rank
-    together consumes global rows ``[start + jBW, start + (j+1)BW)``, so resuming after ``n``
-    global rows is ``resume(epoch, n)``. ``len()`` stays the full epoch (per rank) while a
-    resumed epoch yields only the remaining rows: Lightning counts the restored batches.
-    With ``shuffle=False`` every epoch reads epoch 0's rows (validation).
+    Rank ``r`` of ``W`` reads rows ``start + r, start + r + W, ...`` of the data epoch, so a step
+    of every rank together consumes ``B * W`` global rows. ``position`` (data epoch, global rows
+    of it trained on) moves as batches are trained (``advance``), not as the loader reads ahead;
+    an epoch with less than one step left is done. Lightning's epoch numbers play no part: after
+    a checkpoint it numbers and iterates epochs differently depending on where in its loop the
+    checkpoint was written (mid-epoch, at an epoch's end, at a max_steps stop). ``len()`` is a
+    whole epoch's rows per rank. With ``shuffle=False`` (validation) every iteration reads all of
+    epoch 0's rows.
     """
 
-    def __init__(self, dataset: PackedDataset, num_replicas: int = 1, rank: int = 0, shuffle: bool = True):
+    def __init__(self, dataset: PackedDataset, batch_size: int, num_replicas: int = 1, rank: int = 0,
+                 shuffle: bool = True):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, drop_last=True)
-        self.rows = len(dataset)
-        self.skip = (0, 0)  # (epoch, global rows already consumed in it)
-        self.epoch_offset = 0  # data epoch minus the trainer's epoch number (see ShardDataModule.state_dict)
+        self.rows, self.step_rows = len(dataset), batch_size * num_replicas
+        self.position = (0, 0)
 
-    def resume(self, epoch: int, rows: int, epoch_offset: int = 0) -> None:
-        self.skip, self.epoch_offset = (epoch, rows), epoch_offset
+    def resume(self, epoch: int, rows: int) -> None:
+        self.position = (epoch + 1, 0) if rows + self.step_rows > self.rows else (epoch, rows)
 
-    @property
-    def data_epoch(self) -> int:
-        return self.epoch + self.epoch_offset if self.shuffle else 0
+    def advance(self) -> None:
+        """One step of every rank was trained."""
+        self.resume(self.position[0], self.position[1] + self.step_rows)
 
     def __iter__(self) -> Iterator[int]:
-        epoch = self.data_epoch
-        start = min(self.skip[1], self.rows) if epoch == self.skip[0] and self.shuffle else 0
+        epoch, start = self.position if self.shuffle else (0, 0)
         count = (self.rows - start) // self.num_replicas
         first = epoch * self.rows + start + self.rank
         return iter(range(first, first + count * self.num_replicas, self.num_replicas))

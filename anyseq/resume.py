@@ -1,0 +1,51 @@
+"""``anyseq fit ... --ckpt_path last`` resumes the newest run of the same command, wherever it saved.
+
+Lightning looks for ``last.ckpt`` only in the folder of the run it is starting; with a logger that
+folder is a fresh ``version_N``, so the same command plus ``--ckpt_path last`` silently started
+over. Here ``last`` means what litgpt's ``resume="auto"`` means: the newest ``last*.ckpt`` that any
+earlier run of this command left where its checkpoint callbacks save.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch import Trainer
+from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_info
+
+
+def checkpoint_folders(trainer: Trainer) -> list[Path]:
+    """Where the trainer's checkpoint callbacks save, in every logger version (Lightning's own
+    rule: the callback's dirpath, else the first logger's ``save_dir/name/version/checkpoints``,
+    else ``default_root_dir/checkpoints``)."""
+    folders = []
+    for callback in trainer.checkpoint_callbacks:
+        if getattr(callback, "dirpath", None):
+            folders.append(Path(callback.dirpath))
+        elif trainer.loggers:
+            logger = trainer.loggers[0]
+            folders += sorted((Path(logger.save_dir or trainer.default_root_dir) / str(logger.name)).glob("*/checkpoints"))
+        else:
+            folders.append(Path(trainer.default_root_dir) / "checkpoints")
+    return folders
+
+
+def last_checkpoint(trainer: Trainer) -> Path | None:
+    """The newest ``last*.ckpt`` (a file, or a folder for sharded FSDP2 checkpoints) in those folders."""
+    found = [path for folder in checkpoint_folders(trainer) for path in folder.glob("last*.ckpt")]
+    return max(found, key=lambda path: path.stat().st_mtime, default=None)
+
+
+class ResumingCLI(LightningCLI):
+    """LightningCLI whose ``fit --ckpt_path last`` finds the last checkpoint of an earlier run."""
+
+    def before_fit(self) -> None:
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") != "last":
+            return
+        found = last_checkpoint(self.trainer)
+        config["ckpt_path"] = str(found) if found else None
+        where = ", ".join(map(str, checkpoint_folders(self.trainer))) or "(no checkpoint callback)"
+        rank_zero_info(f"--ckpt_path last: resuming from {found}" if found else
+                       f"--ckpt_path last: no earlier run left a last checkpoint in {where}; starting from step 0")
