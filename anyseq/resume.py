@@ -8,32 +8,34 @@ earlier run of this command left where its checkpoint callbacks save.
 
 from __future__ import annotations
 
+import glob
 from pathlib import Path
 
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 
-def checkpoint_folders(trainer: Trainer) -> list[Path]:
-    """Where the trainer's checkpoint callbacks save, in every logger version (Lightning's own
-    rule: the callback's dirpath, else the first logger's ``save_dir/name/version/checkpoints``,
-    else ``default_root_dir/checkpoints``)."""
+def checkpoint_folders(trainer: Trainer) -> list[str]:
+    """Where the trainer's checkpoint callbacks save, as glob patterns over every logger version
+    (Lightning's own rule: the callback's dirpath, else the first logger's
+    ``save_dir/name/version/checkpoints``, else ``default_root_dir/checkpoints``)."""
     folders = []
     for callback in trainer.checkpoint_callbacks:
         if getattr(callback, "dirpath", None):
-            folders.append(Path(callback.dirpath))
+            folders.append(glob.escape(str(callback.dirpath)))
         elif trainer.loggers:
             logger = trainer.loggers[0]
-            folders += sorted((Path(logger.save_dir or trainer.default_root_dir) / str(logger.name)).glob("*/checkpoints"))
+            root = Path(logger.save_dir or trainer.default_root_dir) / str(logger.name)
+            folders.append(f"{glob.escape(str(root))}/*/checkpoints")
         else:
-            folders.append(Path(trainer.default_root_dir) / "checkpoints")
+            folders.append(glob.escape(str(Path(trainer.default_root_dir) / "checkpoints")))
     return folders
 
 
 def last_checkpoint(trainer: Trainer) -> Path | None:
     """The newest ``last*.ckpt`` (a file, or a folder for sharded FSDP2 checkpoints) in those folders."""
-    found = [path for folder in checkpoint_folders(trainer) for path in folder.glob("last*.ckpt")]
+    found = [Path(path) for folder in checkpoint_folders(trainer) for path in glob.glob(f"{folder}/last*.ckpt")]
     return max(found, key=lambda path: path.stat().st_mtime, default=None)
 
 
@@ -44,8 +46,14 @@ class ResumingCLI(LightningCLI):
         config = self.config_init[self.subcommand]
         if config.get("ckpt_path") != "last":
             return
-        found = last_checkpoint(self.trainer)
+        found, folders = last_checkpoint(self.trainer), checkpoint_folders(self.trainer)
         config["ckpt_path"] = str(found) if found else None
-        where = ", ".join(map(str, checkpoint_folders(self.trainer))) or "(no checkpoint callback)"
-        rank_zero_info(f"--ckpt_path last: resuming from {found}" if found else
-                       f"--ckpt_path last: no earlier run left a last checkpoint in {where}; starting from step 0")
+        if found:
+            rank_zero_info(f"--ckpt_path last: resuming from {found}")
+        elif folders:
+            rank_zero_info(f"--ckpt_path last: no earlier run left a last checkpoint in {', '.join(folders)}; "
+                           "starting from step 0")
+        else:
+            rank_zero_warn("--ckpt_path last: this run saves no checkpoints, so it cannot resume later either; add "
+                           "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint "
+                           "--trainer.callbacks.save_last=true")

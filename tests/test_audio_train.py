@@ -64,29 +64,6 @@ def test_anyseq_fit_trains_the_tiny_recipe_end_to_end_and_exports_the_tokenizer(
     assert not [w for w in recwarn if "ModelCheckpoint with manual optimization" in str(w.message)]
 
 
-def test_the_tiny_recipe_resumes_from_an_earlier_version_folder_with_ckpt_path_last(corpus, tmp_path):
-    """The recipe logs (so each run gets a new version folder); the same command plus
-    --ckpt_path last still finds the interrupted run's checkpoint and goes on from it."""
-    def fit(steps, *extra):
-        return anyseq([
-            "fit", "--config", str(TINY), "--trainer.callbacks.every_n_train_steps=1",
-            f"--data.init_args.train=[{corpus / 'train'}]", "--data.init_args.val=null",
-            "--data.init_args.segment_seconds=0.25", "--data.init_args.batch_size=2", f"--trainer.max_steps={steps}",
-            "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path / 'run'}",
-            f"--model.init_args.export_dir={tmp_path / 'tokenizer'}", "--ckpt_path=last", *extra,
-        ])
-
-    def exported():
-        return MediaTokenizer.load(tmp_path / "tokenizer").fingerprint
-
-    assert fit(2) == 0
-    first = exported()
-    assert fit(2, "--seed_everything=1") == 0 and exported() == first  # nothing was left to train
-    assert fit(4) == 0 and exported() != first
-    state = torch.load(tmp_path / "run" / "lightning_logs" / "version_2" / "checkpoints" / "last.ckpt", weights_only=False)
-    assert state["global_step"] == 4 and state["lr_schedulers"][0]["last_epoch"] == 4
-
-
 def test_fine_tuning_starts_from_a_saved_codec_and_exports_a_new_one(corpus, tmp_path):
     """``init_from``: the architecture and weights of a saved codec, fresh optimizer; the recipe's
     own ``tokenizer:`` must be set to null (or match), and the result is a new tokenizer."""

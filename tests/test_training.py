@@ -131,6 +131,13 @@ def test_the_cli_resumes_with_ckpt_path_last(text_data, tmp_path, capsys):
     assert all(torch.equal(straight[k], resumed[k]) for k in straight)
 
 
+def test_ckpt_path_last_on_a_run_that_saves_nothing_says_so(text_data, tmp_path):
+    root, _ = text_data
+    with pytest.warns(UserWarning, match="saves no checkpoints, so it cannot resume later either; add"):
+        assert anyseq(fit_args(root, 1, ["--trainer.enable_checkpointing=false", "--trainer.callbacks=[]",
+                                         f"--trainer.default_root_dir={tmp_path}", "--ckpt_path", "last"])) == 0
+
+
 def test_throughput_prints_one_metrics_line_per_interval(text_data, capsys):
     from anyseq.throughput import Throughput
 

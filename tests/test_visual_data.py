@@ -154,32 +154,6 @@ def test_the_tiny_recipe_trains_on_the_good_files_and_reports_the_bad_ones(dirty
     assert tok.encode(torch.zeros(1, 3, 5, 32, 32)).shape == (1, 2, 4, 4)
 
 
-def test_the_tiny_recipe_resumes_with_the_same_command_plus_ckpt_path_last(tmp_path, one_thread):
-    """An interrupted run goes on from its last checkpoint: the weights (a rerun with nothing left
-    to train keeps them, even under another seed), both optimizers and their schedules."""
-    write_world(tmp_path / "world", n_images=12, n_videos=4, n_sounds=0, video_frames=5)
-    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
-
-    def fit(steps, *extra):
-        return anyseq([
-            "fit", "--config", str(ROOT / "configs/tokenizer/visual_tiny.yaml"), "--trainer.callbacks.every_n_train_steps=1",
-            f"--data.init_args.data={tmp_path / 'world'}", "--data.init_args.batch_size=4",
-            "--data.init_args.video_batch_size=2", f"--model.init_args.export_dir={tmp_path / 'tokenizer'}",
-            "--model.init_args.disc_start=1", f"--trainer.max_steps={steps}", f"--trainer.default_root_dir={tmp_path / 'run'}",
-            "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--ckpt_path=last", *extra,
-        ])
-
-    def exported():
-        return MediaTokenizer.load(tmp_path / "tokenizer").fingerprint
-
-    assert fit(2) == 0
-    first = exported()
-    assert fit(2, "--seed_everything=1") == 0 and exported() == first  # nothing was left to train
-    assert fit(4) == 0 and exported() != first
-    state = torch.load(last, weights_only=False)
-    assert state["global_step"] == 4 and [s["last_epoch"] for s in state["lr_schedulers"]] == [4, 3]  # GAN from step 1
-
-
 def test_a_source_without_media_is_a_clear_error(tmp_path):
     (tmp_path / "notes.txt").write_text("nothing to see")
     with pytest.raises(ValueError, match="no image or video files found"):

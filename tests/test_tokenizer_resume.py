@@ -1,0 +1,55 @@
+"""Both tokenizer recipes resume an interrupted run with the same command plus --ckpt_path last:
+weights, both optimizers and their schedules (their data is drawn afresh, unlike the transformer's)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from anyseq.cli import main as anyseq
+from anyseq.tokenizers.audio_synth import write_corpus
+from anyseq.tokenizers.base import MediaTokenizer
+from anyseq.world import write_world
+
+RECIPES = Path(__file__).resolve().parents[1] / "configs" / "tokenizer"
+
+
+def visual_args(data: Path) -> list[str]:
+    write_world(data, n_images=12, n_videos=4, n_sounds=0, video_frames=5)
+    return [f"--data.init_args.data={data}", "--data.init_args.batch_size=4", "--data.init_args.video_batch_size=2",
+            "--model.init_args.disc_start=1"]
+
+
+def audio_args(data: Path) -> list[str]:
+    write_corpus(data, 8, 1.0, 16000, seed=0)
+    return [f"--data.init_args.train=[{data}]", "--data.init_args.val=null", "--data.init_args.segment_seconds=0.25",
+            "--data.init_args.batch_size=2"]
+
+
+@pytest.mark.parametrize("recipe, data_args, schedules", [
+    ("visual_tiny", visual_args, [4, 3]),  # generator and discriminator (the GAN from step 1)
+    ("audio_tiny", audio_args, [4]),  # the recipe trains without discriminators
+])
+def test_an_interrupted_tokenizer_run_goes_on_from_its_last_checkpoint(tmp_path, one_thread, recipe, data_args,
+                                                                      schedules):
+    """The visual recipe saves without a logger, the audio recipe into a new logger version per
+    run: either way a rerun with nothing left to train keeps the weights (even under another
+    seed), and a longer one continues both schedules."""
+    args = data_args(tmp_path / "data")
+
+    def fit(steps, *extra):
+        return anyseq(["fit", "--config", str(RECIPES / f"{recipe}.yaml"), "--trainer.callbacks.every_n_train_steps=1",
+                       *args, f"--model.init_args.export_dir={tmp_path / 'tokenizer'}", f"--trainer.max_steps={steps}",
+                       f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.enable_progress_bar=false",
+                       "--trainer.enable_model_summary=false", "--ckpt_path=last", *extra])
+
+    def exported():
+        return MediaTokenizer.load(tmp_path / "tokenizer").fingerprint
+
+    assert fit(2) == 0
+    first = exported()
+    assert fit(2, "--seed_everything=1") == 0 and exported() == first  # nothing was left to train
+    assert fit(4) == 0 and exported() != first
+    last = max((tmp_path / "run").rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+    state = torch.load(last, weights_only=False)
+    assert state["global_step"] == 4 and [s["last_epoch"] for s in state["lr_schedulers"]] == schedules
