@@ -28,7 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 USAGE = """usage: anyseq <command> [options]
 
 Training (LightningCLI; `anyseq fit --help`, `anyseq fit --config X.yaml --print_config`):
-  fit        train a model or a tokenizer from a YAML recipe (configs/)
+  fit        train a model or a tokenizer from a YAML recipe (configs/); the same command plus
+             `--ckpt_path last` resumes the newest last.ckpt an earlier run of it saved
   validate   run the validation loop
   test       run the test loop
   predict    run the predict loop
