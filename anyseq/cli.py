@@ -64,9 +64,11 @@ def message_for_the_user(err: BaseException) -> str | None:
     """
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+    from anyseq.helpers import error_message
+
     while err.__cause__ is not None:
         err = err.__cause__
-    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    text = error_message(err)
     if isinstance(err, (FileNotFoundError, MisconfigurationException)):
         return text
     tb = err.__traceback__

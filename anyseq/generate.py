@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from anyseq.checkpoint import Bundle, load_bundle
-from anyseq.helpers import HelpFormatter, out_of_range
+from anyseq.helpers import HelpFormatter, error_message, out_of_range
 from anyseq.sampling import SamplingOptions, sample
 from anyseq.sequence import Constraint, Segment
 
@@ -483,7 +483,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(args)
     except (FileNotFoundError, KeyError, ValueError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"anyseq generate: error: {msg}", file=sys.stderr)
+        print(f"anyseq generate: error: {error_message(err)}", file=sys.stderr)
         return 2
     return 0

@@ -1,4 +1,5 @@
-"""Tiny helpers in one place: lucidrains' two for optional arguments, range checks, and the programs' --help layout."""
+"""Tiny helpers in one place: lucidrains' two for optional arguments, range checks, error messages, and the
+programs' --help layout."""
 
 from __future__ import annotations
 
@@ -18,6 +19,11 @@ def out_of_range(*checks: tuple[str, object, bool, str]) -> str | None:
     with "; " (None when all are), so one error names every bad setting at once."""
     wrong = [f"{name} must be {rule}, got {value}" for name, value, ok, rule in checks if not ok]
     return "; ".join(wrong) if wrong else None
+
+
+def error_message(err: BaseException) -> str:
+    """An exception's message for a one-line error (a KeyError's str() wraps it in quotes)."""
+    return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

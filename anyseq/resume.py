@@ -33,9 +33,9 @@ def checkpoint_folders(trainer: Trainer) -> list[str]:
     return folders
 
 
-def last_checkpoint(trainer: Trainer) -> Path | None:
+def last_checkpoint(folders: list[str]) -> Path | None:
     """The newest ``last*.ckpt`` (a file, or a folder for sharded FSDP2 checkpoints) in those folders."""
-    found = [Path(path) for folder in checkpoint_folders(trainer) for path in glob.glob(f"{folder}/last*.ckpt")]
+    found = [Path(path) for folder in folders for path in glob.glob(f"{folder}/last*.ckpt")]
     return max(found, key=lambda path: path.stat().st_mtime, default=None)
 
 
@@ -46,7 +46,8 @@ class ResumingCLI(LightningCLI):
         config = self.config_init[self.subcommand]
         if config.get("ckpt_path") != "last":
             return
-        found, folders = last_checkpoint(self.trainer), checkpoint_folders(self.trainer)
+        folders = checkpoint_folders(self.trainer)
+        found = last_checkpoint(folders)
         config["ckpt_path"] = str(found) if found else None
         if found:
             rank_zero_info(f"--ckpt_path last: resuming from {found}")

@@ -89,16 +89,16 @@ class ShardDataModule(L.LightningDataModule):
         return shards.subset(np.sort(order[n_val:])), shards.subset(np.sort(order[:n_val]))
 
     # -- loaders ----------------------------------------------------------------------------------
-    def _loader(self, sets: list, shuffle: bool) -> DataLoader:
+    def _loader(self, sets: list, train: bool) -> DataLoader:
         hp = self.hparams
-        data = PackedDataset(sets, hp.weights if shuffle else None, hp.seq_len, hp.seed,
-                             hp.condition_dropout if shuffle else 0.0)
+        data = PackedDataset(sets, hp.weights if train else None, hp.seq_len, hp.seed,
+                             hp.condition_dropout if train else 0.0)
         trainer = self.trainer
         world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = ResumableSampler(data, hp.batch_size, num_replicas=world, rank=rank, shuffle=shuffle)
+        sampler = ResumableSampler(data, hp.batch_size, num_replicas=world, rank=rank)
         if len(sampler) < hp.batch_size:
             raise ValueError(
-                f"{'train' if shuffle else 'validation'} shards make {len(data)} rows of seq_len={hp.seq_len}: "
+                f"{'train' if train else 'validation'} shards make {len(data)} rows of seq_len={hp.seq_len}: "
                 f"fewer than batch_size={hp.batch_size} per device on {world} device(s)"
             )
         # its own generator: starting an epoch must not draw from the global RNG, whose state a
@@ -109,7 +109,7 @@ class ShardDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        loader = self._loader(self.train_sets, shuffle=True)
+        loader = self._loader(self.train_sets, train=True)
         previous, self._sampler = self._sampler, loader.sampler
         if previous is not None:  # loaders made again (reload_dataloaders_every_n_epochs) go on in the data
             self._sampler.resume(*previous.position)
@@ -119,7 +119,7 @@ class ShardDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader | list:
         self.setup()
-        return self._loader(self.val_sets, shuffle=False) if self.val_sets else []
+        return self._loader(self.val_sets, train=False) if self.val_sets else []
 
     # -- exact resume ------------------------------------------------------------------------------
     def _layout_key(self) -> dict[str, Any]:

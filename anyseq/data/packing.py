@@ -186,13 +186,12 @@ class ResumableSampler(DistributedSampler):
     an epoch with less than one step left is done. Lightning's epoch numbers play no part: after
     a checkpoint it numbers and iterates epochs differently depending on where in its loop the
     checkpoint was written (mid-epoch, at an epoch's end, at a max_steps stop). ``len()`` is a
-    whole epoch's rows per rank. With ``shuffle=False`` (validation) every iteration reads all of
-    epoch 0's rows.
+    whole epoch's rows per rank. A sampler that is never advanced (validation's) reads all of
+    epoch 0's rows every time.
     """
 
-    def __init__(self, dataset: PackedDataset, batch_size: int, num_replicas: int = 1, rank: int = 0,
-                 shuffle: bool = True):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, drop_last=True)
+    def __init__(self, dataset: PackedDataset, batch_size: int, num_replicas: int = 1, rank: int = 0):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=True)
         self.rows, self.step_rows = len(dataset), batch_size * num_replicas
         self.position = (0, 0)
 
@@ -204,7 +203,7 @@ class ResumableSampler(DistributedSampler):
         self.resume(self.position[0], self.position[1] + self.step_rows)
 
     def __iter__(self) -> Iterator[int]:
-        epoch, start = self.position if self.shuffle else (0, 0)
+        epoch, start = self.position
         count = (self.rows - start) // self.num_replicas
         first = epoch * self.rows + start + self.rank
         return iter(range(first, first + count * self.num_replicas, self.num_replicas))
