@@ -1,4 +1,6 @@
-"""``anyseq fit ... --ckpt_path last`` resumes the newest run of the same command, wherever it saved.
+"""Resuming training: ``--ckpt_path last`` finds the run to resume; checkpoints carry the RNG.
+
+``anyseq fit ... --ckpt_path last`` resumes the newest run of the same command, wherever it saved.
 
 Lightning looks for ``last.ckpt`` only in the folder of the run it is starting; with a logger that
 folder is a fresh ``version_N``, so the same command plus ``--ckpt_path last`` silently started
@@ -10,6 +12,9 @@ from __future__ import annotations
 
 import glob
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from lightning.pytorch import Trainer
 from lightning.pytorch.cli import LightningCLI
@@ -58,3 +63,31 @@ class ResumingCLI(LightningCLI):
             rank_zero_warn("--ckpt_path last: this run saves no checkpoints, so it cannot resume later either; add "
                            "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint "
                            "--trainer.callbacks.save_last=true")
+
+
+class ResumesRandomState:
+    """LightningModule mixin: checkpoints carry the process's RNG states, put back at the first
+    trained batch after loading (making the loader's iterator may draw from them first), so
+    dropout, quantizer dropout and the like draw on as in the unbroken run. With the datasets'
+    own per-item generators (``anyseq.data.resumable``) a resumed run equals an unbroken one."""
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        # a run that resumed and trained nothing (its max_steps already reached) saves the
+        # state it resumed with, not the one its own seeding left
+        checkpoint["rng"] = getattr(self, "_pending_rng", None) or {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._pending_rng = checkpoint.get("rng")
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> Any:
+        rng, self._pending_rng = getattr(self, "_pending_rng", None), None
+        if rng is not None:
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+        return super().on_train_batch_start(batch, batch_idx)

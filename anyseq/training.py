@@ -24,6 +24,7 @@ from anyseq.helpers import exists
 from anyseq.kernels import linear_cross_entropy
 from anyseq.model import Transformer
 from anyseq.parallelize import build, check_activation_checkpointing
+from anyseq.resume import ResumesRandomState
 from anyseq.strategy import FSDP2Strategy  # noqa: F401  (registers --trainer.strategy=fsdp2)
 from anyseq.vocab import MODALITIES, TokenSpace, TokenSpaceMismatch
 
@@ -38,7 +39,7 @@ def warmup_cosine(step: int, warmup: int, total: int, min_ratio: float) -> float
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-class AnySeqModule(L.LightningModule):
+class AnySeqModule(ResumesRandomState, L.LightningModule):
     """Trains :class:`~anyseq.model.Transformer` on packed token shards.
 
     Args:
@@ -241,11 +242,7 @@ class AnySeqModule(L.LightningModule):
             "token_space": self.space.to_dict(),
             "tokenizers": self.tokenizers,
         }
-        # dropout draws from these: restoring them makes a resumed run equal an unbroken one
-        checkpoint["rng"] = {
-            "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        }
+        super().on_save_checkpoint(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         meta = checkpoint.get("anyseq")
@@ -261,12 +258,4 @@ class AnySeqModule(L.LightningModule):
                 )
         self.space, self.tokenizers = saved, meta["tokenizers"]
         self.configure_model()
-        # applied at the first batch: creating the dataloader iterator draws from the RNG
-        self._pending_rng = checkpoint.get("rng")
-
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        rng, self._pending_rng = getattr(self, "_pending_rng", None), None
-        if rng is not None:
-            torch.set_rng_state(rng["torch"])
-            if rng["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(rng["cuda"])
+        super().on_load_checkpoint(checkpoint)

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from anyseq.data.datamodule import ShardDataModule
-from anyseq.data.packing import IGNORE, PackedDataset, ResumableSampler
+from anyseq.data.packing import IGNORE, PackedDataset
+from anyseq.data.resumable import Position, ResumableSampler
 from anyseq.data.shards import ShardSet, write_shard_set
 from anyseq.sequence import Segment
 from anyseq.vocab import MODALITIES, TokenSpace
@@ -129,22 +130,28 @@ def test_the_sampler_goes_on_from_the_trained_position_across_epochs_and_resumes
     full = [list(s) for s in ranks]
     seen = sorted(i for f in full for i in f)
     assert len(set(seen)) == len(seen) and all(0 <= i < len(ds) for i in seen)  # epoch 0, no repeats
-    steps_per_epoch = len(ds) // (B * W)
+    batches = len(ds) // (B * W)
     for r, s in enumerate(ranks):
-        assert len(s) == len(full[r])
-        for _ in range(3):
-            s.advance()
-        assert list(s) == full[r][3 * B:]  # an iteration after 3 trained steps reads the rest
-        again = ResumableSampler(ds, B, num_replicas=W, rank=r)
-        again.resume(*s.position)
+        assert len(s) == len(full[r]) == batches * B
+        s.position.batches = 3
+        assert list(s) == full[r][3 * B:]  # an iteration after 3 trained batches reads the rest
+        again = ResumableSampler(ds, B, num_replicas=W, rank=r, position=Position(3))
         assert list(again) == list(s)  # resuming from the position equals going on
-        for _ in range(steps_per_epoch - 3):  # the epoch trained to its last whole step
-            s.advance()
-        assert s.position == (1, 0)
+        s.position.batches = batches  # the epoch trained to its last whole batch
         epoch_1 = list(s)
         assert len(epoch_1) == len(full[r]) and all(len(ds) <= i < 2 * len(ds) for i in epoch_1)
         validation = ResumableSampler(ds, B, num_replicas=W, rank=r)
         assert list(validation) == list(validation) == full[r]  # never advanced: epoch 0 whole, every time
+
+
+def test_a_short_stream_cycles_through_its_epochs_inside_a_longer_loader_epoch():
+    """Images beside fewer videos: the video sampler reads its data epochs on, back to back,
+    for as many batches as the image loader has."""
+    s = ResumableSampler(range(5), 2, batches_per_epoch=5)  # 2 whole batches per data epoch
+    assert len(s) == 10
+    assert list(s) == [0, 1, 2, 3, 5, 6, 7, 8, 10, 11]  # data epochs 0, 1 and half of 2
+    s.position.batches = 5
+    assert list(s)[:4] == [12, 13, 15, 16]  # the next loader epoch goes on in data epoch 2
 
 
 class Recorder(L.LightningModule):

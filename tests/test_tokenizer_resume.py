@@ -1,5 +1,6 @@
 """Both tokenizer recipes resume an interrupted run with the same command plus --ckpt_path last:
-weights, both optimizers and their schedules (their data is drawn afresh, unlike the transformer's)."""
+weights, both optimizers, their schedules, the RNG and the place in the data, so the resumed run
+ends on the unbroken run's weights."""
 
 from pathlib import Path
 
@@ -34,22 +35,25 @@ def test_an_interrupted_tokenizer_run_goes_on_from_its_last_checkpoint(tmp_path,
                                                                       schedules):
     """The visual recipe saves without a logger, the audio recipe into a new logger version per
     run: either way a rerun with nothing left to train keeps the weights (even under another
-    seed), and a longer one continues both schedules."""
+    seed), and a longer one continues both schedules, mid-epoch, on the data the unbroken run
+    reads (the visual data's 3 image batches beside 2 video batches per epoch: the videos cycle)."""
     args = data_args(tmp_path / "data")
 
-    def fit(steps, *extra):
+    def fit(run, steps, *extra):
         return anyseq(["fit", "--config", str(RECIPES / f"{recipe}.yaml"), "--trainer.callbacks.every_n_train_steps=1",
-                       *args, f"--model.init_args.export_dir={tmp_path / 'tokenizer'}", f"--trainer.max_steps={steps}",
-                       f"--trainer.default_root_dir={tmp_path / 'run'}", "--trainer.enable_progress_bar=false",
-                       "--trainer.enable_model_summary=false", "--ckpt_path=last", *extra])
+                       *args, f"--model.init_args.export_dir={tmp_path / run / 'tokenizer'}",
+                       f"--trainer.max_steps={steps}", f"--trainer.default_root_dir={tmp_path / run}",
+                       "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--ckpt_path=last",
+                       *extra])
 
-    def exported():
-        return MediaTokenizer.load(tmp_path / "tokenizer").fingerprint
+    def exported(run):
+        return MediaTokenizer.load(tmp_path / run / "tokenizer").fingerprint
 
-    assert fit(2) == 0
-    first = exported()
-    assert fit(2, "--seed_everything=1") == 0 and exported() == first  # nothing was left to train
-    assert fit(4) == 0 and exported() != first
-    last = max((tmp_path / "run").rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
+    assert fit("resumed", 2) == 0
+    first = exported("resumed")
+    assert fit("resumed", 2, "--seed_everything=1") == 0 and exported("resumed") == first  # nothing left to train
+    assert fit("resumed", 4) == 0 and exported("resumed") != first
+    assert fit("unbroken", 4) == 0 and exported("unbroken") == exported("resumed")
+    last = max((tmp_path / "resumed").rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
     state = torch.load(last, weights_only=False)
     assert state["global_step"] == 4 and [s["last_epoch"] for s in state["lr_schedulers"]] == schedules

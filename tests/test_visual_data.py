@@ -86,9 +86,9 @@ def test_a_folder_and_a_manifest_list_the_same_media(tmp_path):
 def test_fit_to_size_resizes_the_short_side_and_crops():
     x = torch.rand(3, 40, 64) * 2 - 1
     assert fit_to_size(x, 32).shape == (3, 32, 32)
-    assert fit_to_size(x, 32, scale=1.5, random=True, flip=True).shape == (3, 32, 32)
+    assert fit_to_size(x, 32, scale=1.5, crop=torch.Generator().manual_seed(0), flip=True).shape == (3, 32, 32)
     clip = torch.rand(5, 3, 48, 48) * 2 - 1  # frames share one crop
-    assert fit_to_size(clip, 32, random=True).shape == (5, 3, 32, 32)
+    assert fit_to_size(clip, 32, crop=torch.Generator().manual_seed(0)).shape == (5, 3, 32, 32)
     same = torch.rand(3, 32, 32) * 2 - 1
     assert torch.equal(fit_to_size(same, 32), same)  # nothing to do: exact
 
@@ -125,6 +125,20 @@ def test_clips_have_the_requested_frames_and_short_videos_repeat_their_last_fram
         assert sample["pixels"].shape == (3, frames, 32, 32)
     long = VisualDataset(items, size=32, frames=9, train=False)[0]["pixels"]
     assert torch.equal(long[:, 5:], long[:, 4:5].expand(-1, 4, -1, -1))
+
+
+def test_a_training_sample_is_a_function_of_its_stream_index(tmp_path):
+    """Index ``epoch * len(ds) + i``: the same pixels in a fresh dataset and in a worker process
+    (what lets a resumed run read the unbroken run's samples); each epoch has its own order."""
+    write_world(tmp_path, n_images=6, n_videos=0, n_sounds=0)
+    ds = VisualDataset(list_media(tmp_path), size=24, seed=3)
+    again = VisualDataset(list_media(tmp_path), size=24, seed=3)
+    assert all(torch.equal(ds[k]["pixels"], again[k]["pixels"]) for k in range(12))
+    assert {ds[k]["path"] for k in range(6)} == {ds[k]["path"] for k in range(6, 12)}  # every item once an epoch
+    assert [ds[k]["path"] for k in range(6)] != [ds[k]["path"] for k in range(6, 12)]  # in a new order
+    loader = torch.utils.data.DataLoader(ds, batch_size=3, sampler=range(12), num_workers=2,
+                                         collate_fn=lambda batch: torch.stack([x["pixels"] for x in batch]))
+    assert torch.equal(torch.cat(list(loader)), torch.stack([ds[k]["pixels"] for k in range(12)]))
 
 
 def test_every_kind_of_bad_media_is_a_typed_error_naming_the_file(dirty_world):

@@ -12,18 +12,16 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
-import lightning as L
-import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, get_worker_info
+from torch.utils.data import DataLoader, Dataset
 
 from anyseq import media
 from anyseq.data.manifest import EXTENSIONS, ManifestSource, RecordError
+from anyseq.data.resumable import ResumableDataModule, index_generator
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +58,10 @@ class AudioSegments(Dataset):
     """``segment_seconds`` of mono audio at ``sample_rate`` per item, as a (1, N) float tensor.
 
     ``random=True`` draws a file (weighted by duration) and an offset per item, ``length`` items
-    per epoch, from a generator seeded by ``(seed, rank, worker)``: DDP ranks and DataLoader
-    workers never repeat each other's segments, and persistent workers keep drawing new ones
-    every epoch.
+    per epoch, from a generator seeded by ``(seed, index)``, where index ``epoch * length + i``
+    is item ``i`` of that epoch (``anyseq.data.resumable``): every epoch draws new segments,
+    DDP ranks (which read other indices) never repeat each other's, and a resumed run reads
+    the segments an unbroken one would, in any worker.
     ``random=False`` gives the first segment of every file, in order: a fixed validation set.
     Clips shorter than a segment are zero-padded at the end.
     """
@@ -77,7 +76,6 @@ class AudioSegments(Dataset):
         seed: int = 0,
     ):
         self.sample_rate, self.segment_seconds, self.random, self.seed = sample_rate, segment_seconds, random, seed
-        self._generator: torch.Generator | None = None
         self.segment_samples = int(round(segment_seconds * sample_rate))
         self.skipped: dict[str, str] = {}
         self.files: list[Path] = []
@@ -105,18 +103,10 @@ class AudioSegments(Dataset):
     def __len__(self) -> int:
         return self.length
 
-    def _rng(self) -> torch.Generator:
-        if self._generator is None:  # first use in this process (rank, worker)
-            worker = get_worker_info()
-            rank = dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-            state = np.random.SeedSequence([self.seed, rank, worker.id if worker else 0]).generate_state(1)[0]
-            self._generator = torch.Generator().manual_seed(int(state))
-        return self._generator
-
     def _draw(self, index: int) -> tuple[int, float]:
         if not self.random:
             return index % len(self.files), 0.0
-        g = self._rng()
+        g = index_generator(self.seed, index)
         i = int(torch.multinomial(self.durations, 1, generator=g))
         spare = max(0.0, float(self.durations[i]) - self.segment_seconds)
         return i, float(torch.rand((), generator=g, dtype=torch.float64)) * spare
@@ -142,7 +132,7 @@ class AudioSegments(Dataset):
         raise RuntimeError(f"every audio file was unusable: {self.skipped}")
 
 
-class AudioDataModule(L.LightningDataModule):
+class AudioDataModule(ResumableDataModule):
     """Random segments of the ``train`` sources; the first segment of each ``val`` file.
 
     Args:
@@ -153,7 +143,7 @@ class AudioDataModule(L.LightningDataModule):
         val_segment_seconds: length of a validation clip (defaults to ``segment_seconds``).
         segments_per_epoch: training items per epoch (defaults to one per file).
         batch_size / num_workers: DataLoader settings.
-        seed: seeds the segment draws (combined with the rank and worker id).
+        seed: seeds the segment draws (with each segment's index in the training stream).
     """
 
     def __init__(
@@ -183,19 +173,19 @@ class AudioDataModule(L.LightningDataModule):
         if self.val_set is None and h.val:
             self.val_set = AudioSegments(h.val, h.sample_rate, h.val_segment_seconds or h.segment_seconds, random=False)
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, **order: Any) -> DataLoader:
         h = self.hparams
-        return DataLoader(
-            dataset,
-            batch_size=h.batch_size,
-            shuffle=shuffle,
-            num_workers=h.num_workers,
-            persistent_workers=h.num_workers > 0,
-            drop_last=shuffle and len(dataset) >= h.batch_size,
-        )
+        return DataLoader(dataset, batch_size=h.batch_size, **order, num_workers=h.num_workers,
+                          persistent_workers=h.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        sampler = self.sampler(self.train_set, self.hparams.batch_size, train=True, items="segments per epoch (segments_per_epoch)")
+        return self._loader(self.train_set, sampler=sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False) if self.val_set is not None else []
+        return self._loader(self.val_set) if self.val_set is not None else []
+
+    def layout(self) -> dict[str, Any]:
+        h = self.hparams
+        return {"train": list(h.train), "segments_per_epoch": h.segments_per_epoch, "batch_size": h.batch_size,
+                "seed": h.seed}

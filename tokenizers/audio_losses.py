@@ -278,6 +278,13 @@ class Balancer:
         self.norms: dict[str, float] = {}
         self.counts: dict[str, float] = {}
 
+    def state_dict(self) -> dict[str, dict[str, float]]:
+        """The running gradient norms (a resumed run must not start them over)."""
+        return {"norms": dict(self.norms), "counts": dict(self.counts)}
+
+    def load_state_dict(self, state: dict[str, dict[str, float]]) -> None:
+        self.norms, self.counts = dict(state["norms"]), dict(state["counts"])
+
     def _norm(self, name: str, value: float) -> float:
         self.norms[name] = self.decay * self.norms.get(name, 0.0) + (1 - self.decay) * value
         self.counts[name] = self.decay * self.counts.get(name, 0.0) + (1 - self.decay)

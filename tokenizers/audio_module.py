@@ -22,6 +22,7 @@ import lightning as L
 import torch
 from torch import Tensor
 
+from anyseq.resume import ResumesRandomState
 from anyseq.tokenizers.audio import AudioTokenizer, AudioTokenizerConfig
 from anyseq.tokenizers.audio_losses import (
     AdversarialKind,
@@ -47,7 +48,7 @@ def _as_config(cls: type, value: Any) -> Any:
     return config_from_dict(cls, value) if isinstance(value, dict) else value
 
 
-class AudioTokenizerModule(L.LightningModule):
+class AudioTokenizerModule(ResumesRandomState, L.LightningModule):
     """Trains :class:`~anyseq.tokenizers.audio.AudioTokenizer`.
 
     Args:
@@ -229,6 +230,15 @@ class AudioTokenizerModule(L.LightningModule):
         opt_d, sched_d = self._adamw(self.discriminators.parameters(), self.hparams.discriminator_lr or self.hparams.lr,
                                      max(1, total - self.hparams.discriminator_start_step))
         return [opt_g, opt_d], [sched_g, sched_d]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["balancer"] = self.balancer.state_dict()
+        super().on_save_checkpoint(checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "balancer" in checkpoint:  # not in a checkpoint written before the balancer's state was saved
+            self.balancer.load_state_dict(checkpoint["balancer"])
+        super().on_load_checkpoint(checkpoint)
 
     # -- export ----------------------------------------------------------------------------------
     def on_fit_end(self) -> None:

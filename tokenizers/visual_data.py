@@ -12,12 +12,13 @@ file, whichever worker process met it.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning as L
+import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import CombinedLoader
@@ -25,6 +26,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from anyseq import media
+from anyseq.data.resumable import ResumableDataModule, index_generator
 from anyseq.helpers import default, exists
 
 Kind = Literal["image", "video"]
@@ -67,11 +69,12 @@ def list_media(source: str | Path) -> list[MediaItem]:
     return items
 
 
-def fit_to_size(x: Tensor, size: int, scale: float = 1.0, random: bool = False, flip: bool = False) -> Tensor:
+def fit_to_size(x: Tensor, size: int, scale: float = 1.0, crop: torch.Generator | None = None,
+                flip: bool = False) -> Tensor:
     """(..., 3, H, W) in [-1, 1] -> (..., 3, size, size): resize the short side to ``size * scale``, then crop.
 
-    The crop is random (training) or central (evaluation); ``flip`` mirrors it left-right.
-    Leading dims (frames) share one crop.
+    The crop is drawn from ``crop`` (training) or central (None: evaluation); ``flip`` mirrors
+    it left-right. Leading dims (frames) share one crop.
     """
     height, width = x.shape[-2:]
     short = round(size * scale)
@@ -82,8 +85,8 @@ def fit_to_size(x: Tensor, size: int, scale: float = 1.0, random: bool = False, 
         x = F.interpolate(x.reshape(-1, *x.shape[-3:]), size=new, mode="bicubic", antialias=True, align_corners=False)
         x = x.clamp(-1, 1).reshape(*lead, 3, *new)
     height, width = x.shape[-2:]
-    if random:
-        top, left = (int(torch.randint(0, n - size + 1, ())) for n in (height, width))
+    if exists(crop):
+        top, left = (int(torch.randint(0, n - size + 1, (), generator=crop)) for n in (height, width))
     else:
         top, left = (height - size) // 2, (width - size) // 2
     x = x[..., top : top + size, left : left + size]
@@ -100,6 +103,11 @@ def crop_to_multiple(x: Tensor, multiple: int) -> Tensor:
     return x[..., top : top + h, left : left + w]
 
 
+@functools.lru_cache(maxsize=4)
+def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(n)
+
+
 class VisualDataset(Dataset):
     """Decoded, resized samples: images (3, size, size) and clips (3, frames, size, size) in [-1, 1].
 
@@ -107,6 +115,10 @@ class VisualDataset(Dataset):
     left-right flip; evaluation samples a central crop at scale 1. A clip starts at a random
     frame among the first ``clip_window * frames`` decoded frames (at ``fps`` if given) and
     repeats its last frame when the video is shorter than ``frames``.
+
+    In training, index ``epoch * len(ds) + i`` is item ``i`` of that epoch's order (shuffled
+    with ``(seed, epoch)``) with draws from its own generator (``anyseq.data.resumable``), so
+    a resumed run reads the samples an unbroken one would, in any worker.
     """
 
     def __init__(
@@ -120,6 +132,7 @@ class VisualDataset(Dataset):
         flip: bool = True,
         clip_window: int = 4,
         max_pixels: int = 64_000_000,
+        seed: int = 0,
     ):
         kinds = {item.kind for item in items}
         if len(kinds) > 1:
@@ -128,31 +141,38 @@ class VisualDataset(Dataset):
             raise ValueError(f"VisualDataset needs size >= 1, frames >= 1, max_scale >= 1; got {size}, {frames}, {max_scale}")
         self.items, self.size, self.frames, self.fps = items, size, frames, fps
         self.train, self.max_scale, self.flip = train, max_scale, flip
-        self.clip_window, self.max_pixels = clip_window, max_pixels
+        self.clip_window, self.max_pixels, self.seed = clip_window, max_pixels, seed
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def _decode(self, item: MediaItem) -> Tensor:
+    def _item(self, index: int) -> MediaItem:
+        if not self.train:
+            return self.items[index]
+        epoch, i = divmod(index, len(self.items))
+        return self.items[epoch_order(self.seed, epoch, len(self.items))[i]]
+
+    def _decode(self, item: MediaItem, g: torch.Generator | None) -> Tensor:
         if item.kind == "image":
             return media.image_to_tensor(media.read_image(item.path, max_pixels=self.max_pixels))
         window = self.frames * (self.clip_window if self.train else 1)
         frames, _ = media.read_video(item.path, max_frames=window, fps=self.fps)
-        start = int(torch.randint(0, len(frames) - self.frames + 1, ())) if self.train and len(frames) > self.frames else 0
+        start = int(torch.randint(0, len(frames) - self.frames + 1, (), generator=g)) if exists(g) and len(frames) > self.frames else 0
         clip = frames[start : start + self.frames]
         if len(clip) < self.frames:
             clip = clip[list(range(len(clip))) + [len(clip) - 1] * (self.frames - len(clip))]
         return media.video_to_tensor(clip).transpose(0, 1)  # (T, 3, H, W): frames share one crop
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        item = self.items[index]
+        item = self._item(index)
+        g = index_generator(self.seed, index) if self.train else None
         try:
-            x = self._decode(item)
+            x = self._decode(item, g)
         except media.MediaError as e:
             return {"pixels": None, "path": item.path, "error": f"{type(e).__name__}: {e}"}
-        scale = 1 + float(torch.rand(())) * (self.max_scale - 1) if self.train else 1.0
-        flip = self.train and self.flip and bool(torch.rand(()) < 0.5)
-        x = fit_to_size(x, self.size, scale, random=self.train, flip=flip)
+        scale = 1 + float(torch.rand((), generator=g)) * (self.max_scale - 1) if exists(g) else 1.0
+        flip = exists(g) and self.flip and bool(torch.rand((), generator=g) < 0.5)
+        x = fit_to_size(x, self.size, scale, crop=g, flip=flip)
         if item.kind == "video":
             x = x.transpose(0, 1)  # (3, T, size, size)
         return {"pixels": x.contiguous(), "path": item.path, "error": None}
@@ -176,11 +196,12 @@ class _Collate:
         return collate(samples, self.kind)
 
 
-class VisualDataModule(L.LightningDataModule):
+class VisualDataModule(ResumableDataModule):
     """Images and/or clips from a folder or manifest, batched by kind.
 
     A training batch is ``{"image": batch, "video": batch}`` (only the kinds the data has;
-    the shorter stream cycles), each ``{"kind", "pixels", "skipped"}``.
+    the shorter stream cycles), each ``{"kind", "pixels", "skipped"}``. An interrupted run
+    resumes on the batches the unbroken run would have trained (``anyseq.data.resumable``).
 
     Args:
         data: training folder or manifest.jsonl.
@@ -196,6 +217,7 @@ class VisualDataModule(L.LightningDataModule):
         clip_window: training clips start within the first ``clip_window * video_frames`` frames.
         max_pixels: images declaring more pixels are refused (decompression bombs).
         num_workers: DataLoader worker processes.
+        seed: seeds each epoch's order and every sample's crop, flip and clip start.
     """
 
     def __init__(
@@ -213,6 +235,7 @@ class VisualDataModule(L.LightningDataModule):
         clip_window: int = 4,
         max_pixels: int = 64_000_000,
         num_workers: int = 0,
+        seed: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -230,7 +253,7 @@ class VisualDataModule(L.LightningDataModule):
         if not by_kind:
             raise ValueError(f"{source}: no {' or '.join(wanted)} files found (suffixes {sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES)})")
         options = dict(size=h.size, frames=h.video_frames, fps=h.video_fps, train=train, max_scale=h.max_scale,
-                       flip=h.flip, clip_window=h.clip_window, max_pixels=h.max_pixels)
+                       flip=h.flip, clip_window=h.clip_window, max_pixels=h.max_pixels, seed=h.seed)
         return {kind: VisualDataset(found, **options) for kind, found in by_kind.items()}
 
     def setup(self, stage: str | None = None) -> None:
@@ -239,26 +262,32 @@ class VisualDataModule(L.LightningDataModule):
         if exists(self.hparams.val) and "val" not in self.datasets:
             self.datasets["val"] = self._datasets(self.hparams.val, train=False)
 
-    def _loader(self, dataset: VisualDataset, kind: Kind, train: bool) -> DataLoader:
+    def _batch_size(self, kind: Kind) -> int:
         h = self.hparams
-        batch = h.batch_size if kind == "image" else default(h.video_batch_size, h.batch_size)
-        return DataLoader(
-            dataset,
-            batch_size=batch,
-            shuffle=train,
-            drop_last=train and len(dataset) >= batch,
-            num_workers=h.num_workers,
-            persistent_workers=h.num_workers > 0,
-            collate_fn=_Collate(kind),
-        )
+        return h.batch_size if kind == "image" else default(h.video_batch_size, h.batch_size)
+
+    def _loader(self, dataset: VisualDataset, kind: Kind, **order: Any) -> DataLoader:
+        h = self.hparams
+        return DataLoader(dataset, batch_size=self._batch_size(kind), **order, num_workers=h.num_workers,
+                          persistent_workers=h.num_workers > 0, collate_fn=_Collate(kind))
 
     def train_dataloader(self) -> CombinedLoader:
-        loaders = {kind: self._loader(ds, kind, True) for kind, ds in self.datasets["train"].items()}
-        return CombinedLoader(loaders, mode="max_size_cycle")
+        """One loader per kind, each as many batches long as the longest (a shorter one cycles
+        inside its sampler, not by Lightning re-iterating it while it reads ahead)."""
+        datasets = self.datasets["train"]
+        longest = max(len(ds) // (self._batch_size(kind) * self.world()[0]) for kind, ds in datasets.items())
+        loaders = {kind: self._loader(ds, kind, drop_last=True, sampler=self.sampler(
+            ds, self._batch_size(kind), train=True, batches_per_epoch=longest, items=f"{kind}s"))
+            for kind, ds in datasets.items()}
+        return CombinedLoader(loaders, mode="min_size")
 
     def val_dataloader(self) -> CombinedLoader | list:
         if "val" not in self.datasets:
             return []
-        loaders = {kind: self._loader(ds, kind, False) for kind, ds in self.datasets["val"].items()}
+        loaders = {kind: self._loader(ds, kind) for kind, ds in self.datasets["val"].items()}
         return CombinedLoader(loaders, mode="sequential")
 
+    def layout(self) -> dict[str, Any]:
+        h = self.hparams
+        return {"data": h.data, "kinds": h.kinds, "batch_size": h.batch_size,
+                "video_batch_size": h.video_batch_size, "seed": h.seed}

@@ -26,6 +26,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from anyseq.resume import ResumesRandomState
 from anyseq.tokenizers.base import fine_tuning_config, load_for_fine_tuning
 from anyseq.tokenizers.visual import VisualTokenizer, VisualTokenizerConfig
 from anyseq.tokenizers.visual_losses import (
@@ -62,7 +63,7 @@ def lr_multiplier(step: int, warmup: int, total: int, min_ratio: float) -> float
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-class VisualTokenizerModule(L.LightningModule):
+class VisualTokenizerModule(ResumesRandomState, L.LightningModule):
     """Trains :class:`~anyseq.tokenizers.visual.VisualTokenizer`.
 
     Args:

@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader
 
-from anyseq.data.packing import PackedDataset, ResumableSampler
+from anyseq.data.packing import PackedDataset
+from anyseq.data.resumable import ResumableDataModule
 from anyseq.data.shards import ShardSet, ShardSubset, check_same_space
 from anyseq.vocab import TokenSpace
 
 
-class ShardDataModule(L.LightningDataModule):
+class ShardDataModule(ResumableDataModule):
     """Packed rows from token shard folders written by ``anyseq tokenize-dataset``.
 
     Args:
@@ -57,8 +55,6 @@ class ShardDataModule(L.LightningDataModule):
         self.val_sets: list[ShardSet | ShardSubset] = []
         self.space: TokenSpace | None = None
         self.tokenizers: dict[str, dict[str, str]] = {}
-        self._sampler: ResumableSampler | None = None
-        self._resume: dict[str, Any] | None = None
 
     # -- the token space, known before setup (the model is sized from it) ------------------------
     def token_space(self) -> TokenSpace:
@@ -93,14 +89,7 @@ class ShardDataModule(L.LightningDataModule):
         hp = self.hparams
         data = PackedDataset(sets, hp.weights if train else None, hp.seq_len, hp.seed,
                              hp.condition_dropout if train else 0.0)
-        trainer = self.trainer
-        world, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
-        sampler = ResumableSampler(data, hp.batch_size, num_replicas=world, rank=rank)
-        if len(sampler) < hp.batch_size:
-            raise ValueError(
-                f"{'train' if train else 'validation'} shards make {len(data)} rows of seq_len={hp.seq_len}: "
-                f"fewer than batch_size={hp.batch_size} per device on {world} device(s)"
-            )
+        sampler = self.sampler(data, hp.batch_size, train, items=f"rows of seq_len={hp.seq_len}")
         # its own generator: starting an epoch must not draw from the global RNG, whose state a
         # resumed run restores (dropout would shift by one draw against the unbroken run)
         return DataLoader(data, batch_size=hp.batch_size, sampler=sampler, num_workers=hp.num_workers,
@@ -109,51 +98,13 @@ class ShardDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        loader = self._loader(self.train_sets, train=True)
-        previous, self._sampler = self._sampler, loader.sampler
-        if previous is not None:  # loaders made again (reload_dataloaders_every_n_epochs) go on in the data
-            self._sampler.resume(*previous.position)
-        elif self._resume is not None:
-            self._apply_resume()
-        return loader
+        return self._loader(self.train_sets, train=True)
 
     def val_dataloader(self) -> DataLoader | list:
         self.setup()
         return self._loader(self.val_sets, train=False) if self.val_sets else []
 
-    # -- exact resume ------------------------------------------------------------------------------
-    def _layout_key(self) -> dict[str, Any]:
+    def layout(self) -> dict[str, Any]:
         hp = self.hparams
         return {"train": list(hp.train), "weights": hp.weights, "seq_len": hp.seq_len, "seed": hp.seed,
-                "val_fraction": hp.val_fraction if not hp.val else 0.0}
-
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Counts the training rows as they are trained on (the loader reads ahead of them)."""
-        if self.trainer is not None and self.trainer.training and self._sampler is not None:
-            self._sampler.advance()
-        return batch
-
-    def state_dict(self) -> dict[str, Any]:
-        """Where the training is in the data: the data epoch and the rows of it trained on (all ranks)."""
-        if self.trainer is None or self._sampler is None:
-            return {}
-        epoch, rows = self._sampler.position
-        return {"epoch": epoch, "rows": rows, "layout": self._layout_key()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if not state:
-            return
-        if state.get("layout") != self._layout_key():
-            rank_zero_warn(
-                f"ShardDataModule: the checkpoint's data settings {state.get('layout')} differ from the current "
-                f"{self._layout_key()}; the epoch restarts from its first row instead of resuming exactly"
-            )
-            return
-        self._resume = state
-        # Lightning cannot see that this datamodule resumes mid-epoch exactly; its warning would mislead
-        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
-        if self._sampler is not None:
-            self._apply_resume()
-
-    def _apply_resume(self) -> None:
-        self._sampler.resume(int(self._resume["epoch"]), int(self._resume["rows"]))
+                "batch_size": hp.batch_size, "val_fraction": hp.val_fraction if not hp.val else 0.0}

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset
 
 from anyseq.data.shards import Document, ShardSet, ShardSubset, check_same_space
 from anyseq.vocab import MODALITIES
@@ -174,39 +174,3 @@ class PackedDataset(Dataset):
         cond = (doc.segment >= 0) & (doc.segment < len(spans) - 1)
         doc.ids[cond] = self.uncond
         doc.loss_weight[cond] = 0.0
-
-
-class ResumableSampler(DistributedSampler):
-    """The training rows as one stream, epoch after epoch, split across ranks; every iteration
-    goes on from where training stands, so a resumed run reads what the unbroken run would have.
-
-    Rank ``r`` of ``W`` reads rows ``start + r, start + r + W, ...`` of the data epoch, so a step
-    of every rank together consumes ``B * W`` global rows. ``position`` (data epoch, global rows
-    of it trained on) moves as batches are trained (``advance``), not as the loader reads ahead;
-    an epoch with less than one step left is done. Lightning's epoch numbers play no part: after
-    a checkpoint it numbers and iterates epochs differently depending on where in its loop the
-    checkpoint was written (mid-epoch, at an epoch's end, at a max_steps stop). ``len()`` is a
-    whole epoch's rows per rank. A sampler that is never advanced (validation's) reads all of
-    epoch 0's rows every time.
-    """
-
-    def __init__(self, dataset: PackedDataset, batch_size: int, num_replicas: int = 1, rank: int = 0):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False, drop_last=True)
-        self.rows, self.step_rows = len(dataset), batch_size * num_replicas
-        self.position = (0, 0)
-
-    def resume(self, epoch: int, rows: int) -> None:
-        self.position = (epoch + 1, 0) if rows + self.step_rows > self.rows else (epoch, rows)
-
-    def advance(self) -> None:
-        """One step of every rank was trained."""
-        self.resume(self.position[0], self.position[1] + self.step_rows)
-
-    def __iter__(self) -> Iterator[int]:
-        epoch, start = self.position
-        count = (self.rows - start) // self.num_replicas
-        first = epoch * self.rows + start + self.rank
-        return iter(range(first, first + count * self.num_replicas, self.num_replicas))
-
-    def __len__(self) -> int:
-        return self.rows // self.num_replicas
