@@ -1,1 +1,2 @@
-"""Token shards: writer, reader, packing and the Lightning data module."""
+"""Token shards: writer, reader, packing, the Lightning data module, and the exact-resume
+sampling (``resumable``) that the tokenizers' data modules share."""
