@@ -87,7 +87,8 @@ class ResumableDataModule(L.LightningDataModule):
         self.position = Position()  # shared by every training loader, reloaded ones included
 
     def layout(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The settings that fix which items each batch reads (compared when resuming)."""
+        raise NotImplementedError(f"{type(self).__name__} must say what fixes its data order (layout)")
 
     def world(self) -> tuple[int, int]:
         """(ranks, this rank) of the attached trainer; (1, 0) outside one."""
