@@ -154,6 +154,21 @@ def test_a_short_stream_cycles_through_its_epochs_inside_a_longer_loader_epoch()
     assert list(s)[:4] == [12, 13, 15, 16]  # the next loader epoch goes on in data epoch 2
 
 
+def test_a_checkpoint_of_another_data_layout_restarts_the_data_with_a_warning():
+    """The position is saved with what fixes each batch's items; another batch size (or seed,
+    shards, device count) cannot read on from it, so the data starts over, and says so."""
+    dm = ShardDataModule(train=["shards"], batch_size=4)
+    dm.position.batches = 7
+    state = dm.state_dict()
+    same = ShardDataModule(train=["shards"], batch_size=4)
+    same.load_state_dict(state)
+    assert same.position.batches == 7
+    other = ShardDataModule(train=["shards"], batch_size=8)
+    with pytest.warns(UserWarning, match="batch_size.*restarts from its first batch"):
+        other.load_state_dict(state)
+    assert other.position.batches == 0
+
+
 class Recorder(L.LightningModule):
     """Tiny model that remembers every batch it trains on."""
 

@@ -5,9 +5,11 @@ ends on the unbroken run's weights."""
 from pathlib import Path
 
 import pytest
+import lightning as L
 import torch
 
 from anyseq.cli import main as anyseq
+from anyseq.resume import ResumesRandomState
 from anyseq.tokenizers.audio_synth import write_corpus
 from anyseq.tokenizers.base import MediaTokenizer
 from anyseq.world import write_world
@@ -57,3 +59,26 @@ def test_an_interrupted_tokenizer_run_goes_on_from_its_last_checkpoint(tmp_path,
     last = max((tmp_path / "resumed").rglob("last.ckpt"), key=lambda p: p.stat().st_mtime)
     state = torch.load(last, weights_only=False)
     assert state["global_step"] == 4 and [s["last_epoch"] for s in state["lr_schedulers"]] == schedules
+
+
+def test_the_rng_a_run_resumed_with_is_what_it_saves_until_it_trains():
+    """A rerun that trains nothing (max_steps already reached) still writes a checkpoint: it must
+    carry the RNG the run resumed with, not the one this process's seeding left."""
+    module = RngModule()
+    torch.manual_seed(0)
+    resumed_with = {"torch": torch.get_rng_state(), "cuda": []}
+    module.on_load_checkpoint({"rng": resumed_with})
+    torch.manual_seed(1)  # the rerun's own seeding
+    saved = {}
+    module.on_save_checkpoint(saved)
+    assert torch.equal(saved["rng"]["torch"], resumed_with["torch"])
+    module.on_train_batch_start(None, 0)  # the first trained batch puts it back
+    assert torch.equal(torch.get_rng_state(), resumed_with["torch"])
+    torch.rand(1)  # training draws
+    module.on_save_checkpoint(saved)  # from then on the live state is saved
+    assert torch.equal(saved["rng"]["torch"], torch.get_rng_state())
+    assert not torch.equal(saved["rng"]["torch"], resumed_with["torch"])
+
+
+class RngModule(ResumesRandomState, L.LightningModule):
+    pass

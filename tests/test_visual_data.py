@@ -141,6 +141,14 @@ def test_a_training_sample_is_a_function_of_its_stream_index(tmp_path):
     assert torch.equal(torch.cat(list(loader)), torch.stack([ds[k]["pixels"] for k in range(12)]))
 
 
+def test_fewer_training_items_than_one_batch_is_a_clear_error(tmp_path):
+    write_world(tmp_path, n_images=3, n_videos=2, n_sounds=0, video_frames=5)
+    dm = VisualDataModule(str(tmp_path), size=16, batch_size=2, video_batch_size=4)
+    dm.setup("fit")
+    with pytest.raises(ValueError, match=r"VisualDataModule: 2 training videos are fewer than batch_size=4 per device"):
+        dm.train_dataloader()
+
+
 def test_every_kind_of_bad_media_is_a_typed_error_naming_the_file(dirty_world):
     items = {Path(i.path).name: i for i in list_media(dirty_world)}
     for name, (error, _) in BAD_FILES.items():

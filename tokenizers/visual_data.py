@@ -275,10 +275,12 @@ class VisualDataModule(ResumableDataModule):
         """One loader per kind, each as many batches long as the longest (a shorter one cycles
         inside its sampler, not by Lightning re-iterating it while it reads ahead)."""
         datasets = self.datasets["train"]
-        longest = max(len(ds) // (self._batch_size(kind) * self.world()[0]) for kind, ds in datasets.items())
-        loaders = {kind: self._loader(ds, kind, drop_last=True, sampler=self.sampler(
-            ds, self._batch_size(kind), train=True, batches_per_epoch=longest, items=f"{kind}s"))
-            for kind, ds in datasets.items()}
+        samplers = {kind: self.sampler(ds, self._batch_size(kind), train=True, items=f"{kind}s")
+                    for kind, ds in datasets.items()}
+        longest = max(s.data_batches for s in samplers.values())
+        for s in samplers.values():
+            s.batches_per_epoch = longest
+        loaders = {kind: self._loader(datasets[kind], kind, drop_last=True, sampler=s) for kind, s in samplers.items()}
         return CombinedLoader(loaders, mode="min_size")
 
     def val_dataloader(self) -> CombinedLoader | list:

@@ -94,14 +94,13 @@ class ResumableDataModule(L.LightningDataModule):
         """(ranks, this rank) of the attached trainer; (1, 0) outside one."""
         return (self.trainer.world_size, self.trainer.global_rank) if self.trainer is not None else (1, 0)
 
-    def sampler(self, dataset: Sized, batch_size: int, train: bool, batches_per_epoch: int | None = None,
-                items: str = "items") -> ResumableSampler:
+    def sampler(self, dataset: Sized, batch_size: int, train: bool, items: str = "items") -> ResumableSampler:
         """``items`` names what the dataset holds, for the error when it cannot fill one batch."""
         ranks, rank = self.world()
         if len(dataset) < batch_size * ranks:
             raise ValueError(f"{type(self).__name__}: {len(dataset)} {'training' if train else 'validation'} {items} are fewer than "
                              f"batch_size={batch_size} per device on {ranks} device(s); lower the batch size")
-        return ResumableSampler(dataset, batch_size, ranks, rank, self.position if train else None, batches_per_epoch)
+        return ResumableSampler(dataset, batch_size, ranks, rank, self.position if train else None)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Counts the batches as they are trained on (the loader reads ahead of them)."""
@@ -109,12 +108,15 @@ class ResumableDataModule(L.LightningDataModule):
             self.position.batches += 1
         return batch
 
+    def _layout_and_ranks(self) -> dict[str, Any]:
+        return {**self.layout(), "ranks": self.world()[0]}  # a batch is B items of every rank
+
     def state_dict(self) -> dict[str, Any]:
-        return {"batches": self.position.batches, "layout": {**self.layout(), "ranks": self.world()[0]}}
+        return {"batches": self.position.batches, "layout": self._layout_and_ranks()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        layout = {**self.layout(), "ranks": self.world()[0]}
-        if state.get("layout") != layout or "batches" not in state:
+        layout = self._layout_and_ranks()
+        if state.get("layout") != layout:  # (a checkpoint from before positions counted batches has no "ranks")
             rank_zero_warn(
                 f"{type(self).__name__}: the checkpoint's data layout {state.get('layout')} differs from the "
                 f"current {layout}; the data restarts from its first batch instead of resuming exactly"
