@@ -133,40 +133,54 @@ def test_the_sampler_goes_on_from_the_trained_position_across_epochs_and_resumes
     batches = len(ds) // (B * W)
     for r, s in enumerate(ranks):
         assert len(s) == len(full[r]) == batches * B
-        s.position.batches = 3
+        s.position.batches, s.position.items["items"] = 3, 3 * B * W
         assert list(s) == full[r][3 * B:]  # an iteration after 3 trained batches reads the rest
-        again = ResumableSampler(ds, B, num_replicas=W, rank=r, position=Position(3))
+        again = ResumableSampler(ds, B, num_replicas=W, rank=r, position=Position(3, {"items": 3 * B * W}))
         assert list(again) == list(s)  # resuming from the position equals going on
-        s.position.batches = batches  # the epoch trained to its last whole batch
+        s.position.batches, s.position.items["items"] = batches, batches * B * W  # the loader epoch trained
         epoch_1 = list(s)
-        assert len(epoch_1) == len(full[r]) and all(len(ds) <= i < 2 * len(ds) for i in epoch_1)
+        assert len(epoch_1) == len(full[r]) and epoch_1[:2] == [batches * B * W + r, batches * B * W + r + W]
         validation = ResumableSampler(ds, B, num_replicas=W, rank=r)
-        assert list(validation) == list(validation) == full[r]  # never advanced: epoch 0 whole, every time
+        assert list(validation) == list(validation) == full[r]  # never advanced: the same batches every time
 
 
-def test_a_short_stream_cycles_through_its_epochs_inside_a_longer_loader_epoch():
+def test_the_stream_reads_on_across_data_epochs_and_a_short_stream_inside_a_longer_loader_epoch():
     """Images beside fewer videos: the video sampler reads its data epochs on, back to back,
-    for as many batches as the image loader has."""
+    for as many batches as the image loader has; a batch may straddle two data epochs."""
     s = ResumableSampler(range(5), 2, batches_per_epoch=5)  # 2 whole batches per data epoch
     assert len(s) == 10
-    assert list(s) == [0, 1, 2, 3, 5, 6, 7, 8, 10, 11]  # data epochs 0, 1 and half of 2
-    s.position.batches = 5
-    assert list(s)[:4] == [12, 13, 15, 16]  # the next loader epoch goes on in data epoch 2
+    assert list(s) == list(range(10))  # stream indices: data epochs 0 and 1, whole
+    s.position.batches, s.position.items["items"] = 5, 10
+    assert list(s)[:4] == [10, 11, 12, 13]  # the next loader epoch goes on in data epoch 2
 
 
-def test_a_checkpoint_of_another_data_layout_restarts_the_data_with_a_warning():
-    """The position is saved with what fixes each batch's items; another batch size (or seed,
-    shards, device count) cannot read on from it, so the data starts over, and says so."""
+def test_a_run_resumed_on_other_devices_or_batch_size_reads_on_from_the_same_item():
+    """The position counts items, not batches (Megatron's consumed samples): 2 batches of
+    2 x 2 devices, then batches of 3 on one device, read the stream without a gap or a repeat."""
+    position = Position()
+    two_devices = [ResumableSampler(range(50), 2, num_replicas=2, rank=r, position=position) for r in range(2)]
+    before = sorted(i for s in two_devices for i in list(s)[:2 * 2])
+    position.batches, position.items["items"] = 2, 2 * 2 * 2
+    after = list(ResumableSampler(range(50), 3, position=position))[:2 * 3]
+    assert before + after == list(range(14))
+
+
+def test_a_checkpoint_reads_on_with_another_batch_size_and_restarts_on_another_data_order():
+    """A checkpoint saves how many items of each stream were trained and what fixes their order:
+    another batch size reads on from the same item (and says so); another seed or shard list
+    cannot, so the data starts over with a warning."""
     dm = ShardDataModule(train=["shards"], batch_size=4)
-    dm.position.batches = 7
+    dm.position.batches, dm.position.items["rows"], dm.step_items["rows"] = 7, 28, 4
     state = dm.state_dict()
-    same = ShardDataModule(train=["shards"], batch_size=4)
-    same.load_state_dict(state)
-    assert same.position.batches == 7
-    other = ShardDataModule(train=["shards"], batch_size=8)
-    with pytest.warns(UserWarning, match="batch_size.*restarts from its first batch"):
+    bigger = ShardDataModule(train=["shards"], batch_size=8)
+    bigger.load_state_dict(state)
+    assert bigger.position.batches == 7 and bigger.position.items == {"rows": 28}
+    sampler = bigger.sampler(range(100), 8, True, "rows")
+    assert list(sampler)[:2] == [28, 29]
+    other = ShardDataModule(train=["shards"], batch_size=4, seed=1)
+    with pytest.warns(UserWarning, match="seed.*restarts from its first item"):
         other.load_state_dict(state)
-    assert other.position.batches == 0
+    assert other.position.batches == 0 and other.position.items == {}
 
 
 class Recorder(L.LightningModule):
@@ -190,9 +204,9 @@ class Recorder(L.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
 
-def fit(path, steps, ckpt_dir=None, resume=None, save=None, reload=0, **kw):
+def fit(path, steps, ckpt_dir=None, resume=None, save=None, reload=0, batch_size=3, **kw):
     module = Recorder()
-    dm = ShardDataModule(train=[str(path)], seq_len=16, batch_size=3, num_workers=0, seed=0, **kw)
+    dm = ShardDataModule(train=[str(path)], seq_len=16, batch_size=batch_size, num_workers=0, seed=0, **kw)
     save = L.pytorch.callbacks.ModelCheckpoint(dirpath=ckpt_dir, **(save or {"every_n_train_steps": 4, "save_top_k": -1}))
     callbacks = [save] if ckpt_dir else []
     trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
@@ -233,6 +247,17 @@ def test_a_run_stopped_by_max_steps_resumes_exactly_and_so_does_its_resumption(t
         seen += part
         done = until
     assert len(seen) == 12 and all(torch.equal(a, b) for a, b in zip(seen, straight))
+
+
+def test_a_run_resumed_with_another_batch_size_trains_on_the_rows_the_unbroken_run_would_have(tmp_path, shards):
+    """Stopped after 4 batches of 3 rows, resumed with batches of 2: the next 12 rows are the
+    unbroken run's next 4 batches, across its epoch's end."""
+    path = tmp_path / "a"
+    straight, _ = fit(path, 8)
+    fit(path, 4, ckpt_dir=tmp_path / "ckpt", save={"save_last": True})
+    resumed, _ = fit(path, 10, resume=str(tmp_path / "ckpt" / "last.ckpt"), batch_size=2)
+    assert len(resumed) == 6 and resumed[0].shape == (2, 16)
+    assert torch.equal(torch.cat(resumed), torch.cat(straight[4:]))
 
 
 def test_loaders_made_again_every_epoch_go_on_in_the_data(tmp_path, shards):

@@ -149,6 +149,20 @@ def test_fewer_training_items_than_one_batch_is_a_clear_error(tmp_path):
         dm.train_dataloader()
 
 
+def test_each_kind_reads_on_from_its_own_item_when_resumed_with_other_batch_sizes(tmp_path):
+    """Images and videos are two streams, each saved with the items it has trained."""
+    write_world(tmp_path, n_images=12, n_videos=6, n_sounds=0, video_frames=5)
+    before = VisualDataModule(str(tmp_path), size=16, batch_size=4, video_batch_size=2)
+    before.setup("fit")
+    before.train_dataloader()
+    before.position.batches, before.position.items = 2, {"image": 8, "video": 4}  # 2 batches trained
+    after = VisualDataModule(str(tmp_path), size=16, batch_size=2, video_batch_size=1)
+    after.load_state_dict(before.state_dict())
+    after.setup("fit")
+    samplers = {kind: loader.sampler for kind, loader in after.train_dataloader().iterables.items()}
+    assert list(samplers["image"])[:3] == [8, 9, 10] and list(samplers["video"])[:3] == [4, 5, 6]
+
+
 def test_every_kind_of_bad_media_is_a_typed_error_naming_the_file(dirty_world):
     items = {Path(i.path).name: i for i in list_media(dirty_world)}
     for name, (error, _) in BAD_FILES.items():

@@ -179,7 +179,7 @@ class AudioDataModule(ResumableDataModule):
                           persistent_workers=h.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        sampler = self.sampler(self.train_set, self.hparams.batch_size, train=True, items="segments per epoch (segments_per_epoch)")
+        sampler = self.sampler(self.train_set, self.hparams.batch_size, True, "segments", items="segments per epoch (segments_per_epoch)")
         return self._loader(self.train_set, sampler=sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:
@@ -187,5 +187,4 @@ class AudioDataModule(ResumableDataModule):
 
     def layout(self) -> dict[str, Any]:
         h = self.hparams
-        return {"train": list(h.train), "segments_per_epoch": h.segments_per_epoch, "batch_size": h.batch_size,
-                "seed": h.seed}
+        return {"train": list(h.train), "segments_per_epoch": h.segments_per_epoch, "seed": h.seed}

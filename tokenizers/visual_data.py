@@ -275,7 +275,7 @@ class VisualDataModule(ResumableDataModule):
         """One loader per kind, each as many batches long as the longest (a shorter one cycles
         inside its sampler, not by Lightning re-iterating it while it reads ahead)."""
         datasets = self.datasets["train"]
-        samplers = {kind: self.sampler(ds, self._batch_size(kind), train=True, items=f"{kind}s")
+        samplers = {kind: self.sampler(ds, self._batch_size(kind), True, kind, items=f"{kind}s")
                     for kind, ds in datasets.items()}
         longest = max(s.data_batches for s in samplers.values())
         for s in samplers.values():
@@ -291,5 +291,4 @@ class VisualDataModule(ResumableDataModule):
 
     def layout(self) -> dict[str, Any]:
         h = self.hparams
-        return {"data": h.data, "kinds": h.kinds, "batch_size": h.batch_size,
-                "video_batch_size": h.video_batch_size, "seed": h.seed}
+        return {"data": h.data, "kinds": h.kinds, "seed": h.seed}

@@ -89,7 +89,7 @@ class ShardDataModule(ResumableDataModule):
         hp = self.hparams
         data = PackedDataset(sets, hp.weights if train else None, hp.seq_len, hp.seed,
                              hp.condition_dropout if train else 0.0)
-        sampler = self.sampler(data, hp.batch_size, train, items=f"rows of seq_len={hp.seq_len}")
+        sampler = self.sampler(data, hp.batch_size, train, "rows", items=f"rows of seq_len={hp.seq_len}")
         # its own generator: starting an epoch must not draw from the global RNG, whose state a
         # resumed run restores (dropout would shift by one draw against the unbroken run)
         return DataLoader(data, batch_size=hp.batch_size, sampler=sampler, num_workers=hp.num_workers,
@@ -107,4 +107,4 @@ class ShardDataModule(ResumableDataModule):
     def layout(self) -> dict[str, Any]:
         hp = self.hparams
         return {"train": list(hp.train), "weights": hp.weights, "seq_len": hp.seq_len, "seed": hp.seed,
-                "batch_size": hp.batch_size, "val_fraction": hp.val_fraction if not hp.val else 0.0}
+                "val_fraction": hp.val_fraction if not hp.val else 0.0}
