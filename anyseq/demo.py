@@ -57,7 +57,7 @@ class Plan:
     model_preset: str = "small"
     model_overrides: tuple[tuple[str, Any], ...] = (("dim", 192), ("n_layers", 4), ("n_heads", 6), ("n_kv_heads", 2),
                                                     ("ffn_dim", 512), ("max_seq_len", 256))
-    model_steps: int = 1560  # 1560 beat 1170 in text -> image, video, audio and any at seeds 0 and 1 (README);
+    model_steps: int = 1560  # 1560 beat 1170 in text -> image, video, audio and any at seeds 0 and 1 (docs/demo_findings.md);
     # 1170 beat 780 in every visual direction; batch 12 x 780 beat 24 x 390 (same tokens, same time) in three seeds
     batch_size: int = 12
     seq_len: int = 192
@@ -243,7 +243,7 @@ def stage_media_tokenizer(
     so one clip and its caption fit one training row, and the mel loss leads (the judges hear
     pitch and loudness, not waveform phase); the iSTFT head at 100 frames/s x 1 level renders
     the tones at their pitch and loudness, where the conv decoder at 50 x 2 turned them into a
-    quiet buzz on harmonics of its frame rate (README). ``extra`` arguments go last
+    quiet buzz on harmonics of its frame rate (docs/demo_findings.md). ``extra`` arguments go last
     (scripts/compare_demo_tokenizers.py tries variants with them).
     """
     export = out / "tokenizers" / kind
