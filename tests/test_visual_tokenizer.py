@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def tiny(ft: int = 4, spatial: int = 8, quantizer: QuantizerConfig | None = None, **kw) -> VisualTokenizer:
     torch.manual_seed(0)
-    mult = [1, 2, 2, 2] if spatial == 8 else [1, 1, 2, 2, 2]
+    mult = {4: [1, 2, 2], 8: [1, 2, 2, 2], 16: [1, 1, 2, 2, 2]}[spatial]
     config = VisualTokenizerConfig(
         spatial_compression=spatial, temporal_compression=ft, channels=8, channel_mult=mult, num_res_blocks=1,
         latent_dim=8, quantizer=quantizer or QuantizerConfig(kind="fsq", codebook_size=1000), **kw,
@@ -54,6 +54,14 @@ def test_codes_have_the_contracted_shapes_range_and_dtype(ft):
     assert tok.decode(image_codes).shape == (2, 3, 16, 16)
 
 
+@pytest.mark.parametrize("spatial", [4, 8, 16])
+def test_an_image_has_one_code_per_spatial_factor_squared_of_pixels(spatial):
+    tok = tiny(spatial=spatial)
+    codes = tok.encode(clip(1, 1)[:, :, 0])
+    assert codes.shape == (1, 16 // spatial, 16 // spatial) and tok.compression["height"] == spatial
+    assert tok.decode(codes).shape == (1, 3, 16, 16)
+
+
 def test_encode_and_decode_run_in_eval_mode_without_grad_and_restore_the_mode():
     tok = tiny().train()
     codes = tok.encode(clip(1, 5))
@@ -72,7 +80,7 @@ def test_sizes_that_are_not_a_multiple_of_the_spatial_factor_are_a_clear_error()
 
 def test_bad_configs_name_the_field():
     with pytest.raises(ValueError, match="spatial_compression"):
-        VisualTokenizerConfig(spatial_compression=4)
+        VisualTokenizerConfig(spatial_compression=32)
     with pytest.raises(ValueError, match="temporal_compression"):
         VisualTokenizerConfig(temporal_compression=3)
     with pytest.raises(ValueError, match="channel_mult"):

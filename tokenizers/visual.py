@@ -42,11 +42,11 @@ class VisualTokenizerConfig:
     """Architecture of the tokenizer. Codes per image: ``(H / spatial) * (W / spatial)``.
 
     Args:
-        spatial_compression: 8 or 16 (pixels per code along height and width).
+        spatial_compression: 4, 8 or 16 (pixels per code along height and width).
         temporal_compression: 1, 2 or 4 (frames per latent frame after the first).
         channels: width of the first resolution level.
         channel_mult: width multiplier per resolution level, ``log2(spatial_compression) + 1``
-            entries; defaults to ``[1, 2, 2, 4]`` (8x) or ``[1, 1, 2, 2, 4]`` (16x).
+            entries; defaults to ``[1, 2, 4]`` (4x), ``[1, 2, 2, 4]`` (8x) or ``[1, 1, 2, 2, 4]`` (16x).
         num_res_blocks: residual blocks per resolution level (the decoder uses one more).
         latent_dim: width of the features handed to the quantizer.
         mid_attention: per-frame spatial self-attention in the bottleneck (keeps causality).
@@ -63,8 +63,8 @@ class VisualTokenizerConfig:
     quantizer: QuantizerConfig = field(default_factory=_fsq_default)
 
     def __post_init__(self):
-        if self.spatial_compression not in (8, 16):
-            raise ValueError(f"VisualTokenizerConfig.spatial_compression must be 8 or 16, got {self.spatial_compression}")
+        if self.spatial_compression not in (4, 8, 16):
+            raise ValueError(f"VisualTokenizerConfig.spatial_compression must be 4, 8 or 16, got {self.spatial_compression}")
         if self.temporal_compression not in (1, 2, 4):
             raise ValueError(
                 f"VisualTokenizerConfig.temporal_compression must be 1, 2 or 4, got {self.temporal_compression}"
@@ -87,7 +87,7 @@ class VisualTokenizerConfig:
     def resolved_channel_mult(self) -> list[int]:
         if exists(self.channel_mult):
             return list(self.channel_mult)
-        return [1, 2, 2, 4] if self.spatial_compression == 8 else [1, 1, 2, 2, 4]
+        return {4: [1, 2, 4], 8: [1, 2, 2, 4], 16: [1, 1, 2, 2, 4]}[self.spatial_compression]
 
 
 # -- building blocks ----------------------------------------------------------------------------
