@@ -25,6 +25,7 @@ import multiprocessing
 import shutil
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -126,7 +127,9 @@ class Progress:
         Small convolutions scale badly across threads: on a 2-core CPU the demo's two tokenizer
         trainings took 281 s side by side against ~435 s one after the other (600 steps each).
         Each starts at its share of the threads and takes the cores a finished sibling frees
-        (``FreedCores``). Each stage is recorded as soon as it finishes. The price: the step at
+        (``FreedCores``). Each stage is recorded as soon as it finishes, and a failing one is
+        raised only once its siblings have finished and been recorded; a process that dies (killed
+        for memory, say) ends the run with ``BrokenProcessPool`` rather than a hang. The price: the step at
         which a stage gains a thread depends on timing, and a thread count changes the order of
         float sums, so two runs' visual tokenizers are no longer bit for bit the same.
         """
@@ -137,11 +140,20 @@ class Progress:
             print(f"[demo] {' + '.join(todo)} (side by side) ...", flush=True)
             context = multiprocessing.get_context("spawn")
             running = context.Value("i", len(todo))
-            with context.Pool(len(todo), initializer=_join_siblings, initargs=(running, torch.get_num_threads())) as pool:
-                for name, result in pool.imap_unordered(_named_stage, todo.items()):  # as each finishes
-                    self.done[name] = result
+            failure: BaseException | None = None
+            with ProcessPoolExecutor(len(todo), mp_context=context, initializer=_join_siblings,
+                                     initargs=(running, torch.get_num_threads())) as pool:
+                stage_of = {pool.submit(timed_stage, fn, args): name for name, (fn, args) in todo.items()}
+                for future in as_completed(stage_of):  # a failure waits until its siblings are recorded
+                    if exists(error := future.exception()):
+                        failure = failure or error
+                        continue
+                    name = stage_of[future]
+                    self.done[name] = future.result()
                     self.path.write_text(json.dumps(self.done, indent=2))
                     print(f"[demo] {name}: done in {self.done[name]['seconds']:.0f} s", flush=True)
+            if exists(failure):
+                raise failure
         return {name: self.done[name] for name in stages}
 
 
@@ -184,11 +196,6 @@ def timed_stage(fn: Callable[..., dict[str, Any]], args: tuple) -> dict[str, Any
             with _SIBLINGS[0].get_lock():
                 _SIBLINGS[0].value -= 1
     return {**result, "seconds": time.perf_counter() - start}
-
-
-def _named_stage(item: tuple[str, tuple[Callable[..., dict[str, Any]], tuple]]) -> tuple[str, dict[str, Any]]:
-    name, (fn, args) = item
-    return name, timed_stage(fn, args)
 
 
 def _cli(argv: list[str]) -> None:

@@ -2,7 +2,9 @@
 
 import json
 import multiprocessing
+import os
 import time
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
@@ -75,11 +77,18 @@ def test_a_side_by_side_stage_takes_the_cores_a_finished_sibling_frees(monkeypat
 
 def test_a_stage_finished_side_by_side_is_recorded_even_when_its_sibling_fails(tmp_path):
     progress = demo_module.Progress(tmp_path, PLANS["quick"])
-    # listed first and fails a second later (sleep returns None, not a summary): the other is recorded all the same
-    stages = {"failing": (time.sleep, (1.0,)), "finished": (dict, ())}
+    # a summary two seconds late, built from builtins (a spawned worker cannot import this test module)
+    late_summary = (dict, (zip(["slept"], map(time.sleep, [2.0])),))
+    # fails at once (sleep returns None, not a summary) while its sibling still runs: the sibling is recorded all the same
     with pytest.raises(TypeError):
-        progress.run_side_by_side(stages)
+        progress.run_side_by_side({"failing": (time.sleep, (0.0,)), "finished": late_summary})
     assert "finished" in json.loads((tmp_path / "progress.json").read_text())
+
+
+def test_a_side_by_side_stage_whose_process_dies_is_an_error_not_a_hang(tmp_path):
+    progress = demo_module.Progress(tmp_path, PLANS["quick"])
+    with pytest.raises(BrokenProcessPool):
+        progress.run_side_by_side({"killed": (os._exit, (1,))})
 
 
 def test_rerun_resumes_without_redoing_finished_stages(demo, capsys):
