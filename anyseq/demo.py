@@ -44,7 +44,7 @@ CONFIGS = Path(anyseq.__file__).resolve().parents[1] / "configs"
 
 @dataclass(frozen=True)
 class Plan:
-    """Sizes of one demo run. ``default`` finishes on an idle 2-core CPU in 17-23 minutes (README)."""
+    """Sizes of one demo run. ``default`` took 40 min on a slow 2-core CPU (README); machine speed moves it most."""
 
     n_images: int = 2400
     n_videos: int = 800
