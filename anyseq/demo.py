@@ -58,8 +58,8 @@ class Plan:
     model_preset: str = "small"
     model_overrides: tuple[tuple[str, Any], ...] = (("dim", 192), ("n_layers", 4), ("n_heads", 6), ("n_kv_heads", 2),
                                                     ("ffn_dim", 512), ("max_seq_len", 256))
-    model_steps: int = 3120  # 3120 beat 1560 in text -> image, video, audio and any at each of seeds 0-2 (text -> audio
-    # 0.47-0.49 -> 0.66-0.73; docs/demo_findings.md); 1560 beat 1170, and batch 12 x 780 beat 24 x 390 (same tokens)
+    model_steps: int = 3120  # 3120 beat 1560 in text -> audio (by 0.17-0.34) and text -> any at five of five seed and
+    # tokenizer pairs (docs/demo_findings.md); 1560 beat 1170, and batch 12 x 780 beat 24 x 390 (same tokens)
     batch_size: int = 12
     seq_len: int = 192
     lr: float = 2e-3
