@@ -110,12 +110,18 @@ class Progress:
 
     def run(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         if name in self.done:
-            print(f"[demo] {name}: already done ({self.done[name]['seconds']:.0f} s), skipping", flush=True)
-            return self.done[name]
+            return self._skip(name)
         print(f"[demo] {name} ...", flush=True)
         start = time.perf_counter()
         result = fn()
-        result["seconds"] = time.perf_counter() - start
+        return self._record(name, {**result, "seconds": time.perf_counter() - start})
+
+    def _skip(self, name: str) -> dict[str, Any]:
+        print(f"[demo] {name}: already done ({self.done[name]['seconds']:.0f} s), skipping", flush=True)
+        return self.done[name]
+
+    def _record(self, name: str, result: dict[str, Any]) -> dict[str, Any]:
+        """A finished stage, saved at once: a rerun skips it."""
         self.done[name] = result
         self.path.write_text(json.dumps(self.done, indent=2))
         print(f"[demo] {name}: done in {result['seconds']:.0f} s", flush=True)
@@ -135,7 +141,7 @@ class Progress:
         """
         todo = {name: job for name, job in stages.items() if name not in self.done}
         for name in stages.keys() - todo.keys():
-            print(f"[demo] {name}: already done ({self.done[name]['seconds']:.0f} s), skipping", flush=True)
+            self._skip(name)
         if todo:
             print(f"[demo] {' + '.join(todo)} (side by side) ...", flush=True)
             context = multiprocessing.get_context("spawn")
@@ -148,10 +154,7 @@ class Progress:
                     if exists(error := future.exception()):
                         failure = failure or error
                         continue
-                    name = stage_of[future]
-                    self.done[name] = future.result()
-                    self.path.write_text(json.dumps(self.done, indent=2))
-                    print(f"[demo] {name}: done in {self.done[name]['seconds']:.0f} s", flush=True)
+                    self._record(stage_of[future], future.result())
             if exists(failure):
                 raise failure
         return {name: self.done[name] for name in stages}
