@@ -326,7 +326,32 @@ def _open_sound(path: PathLike) -> tuple[Path, sf.SoundFile]:
     if sound.frames == 0:
         sound.close()
         raise EmptyFileError(path, "audio has no samples", "at least one sample")
+    declared = _wav_data_bytes(path) if sound.format == "WAV" else None
+    if exists(declared) and sound.frames * _bytes_per_frame(sound) < declared:
+        frames = declared // _bytes_per_frame(sound)
+        sound.close()
+        raise CorruptMediaError(path, f"truncated: the header declares {frames} frames, the file holds {sound.frames}",
+                                "a complete WAV file")
     return path, sound
+
+
+def _bytes_per_frame(sound: sf.SoundFile) -> int:
+    bits = {"PCM_U8": 8, "PCM_S8": 8, "PCM_16": 16, "PCM_24": 24, "PCM_32": 32, "FLOAT": 32, "DOUBLE": 64}
+    return bits.get(sound.subtype, 8) // 8 * sound.channels
+
+
+def _wav_data_bytes(path: Path) -> int | None:
+    """The size of a RIFF/WAVE file's data chunk as its header declares it (libsndfile reads
+    a truncated file as a shorter one without a word); None where the header leaves it open."""
+    with path.open("rb") as f:
+        if f.read(4) != b"RIFF" or f.read(8)[4:] != b"WAVE":
+            return None
+        while len(chunk := f.read(8)) == 8:
+            name, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if name == b"data":
+                return None if size in (0, 0xFFFFFFFF) else size  # streamed files leave it unset
+            f.seek(size + size % 2, os.SEEK_CUR)
+    return None
 
 
 def audio_info(path: PathLike) -> tuple[int, int, int]:

@@ -257,6 +257,10 @@ def test_bad_audio_raises_typed_errors_naming_the_file(tmp_path):
     (tmp_path / "cut.wav").write_bytes(header)
     with pytest.raises(M.CorruptMediaError, match="cut.wav"):
         M.read_audio(tmp_path / "cut.wav")
+    whole = (tmp_path / "ok.wav").read_bytes()  # libsndfile alone reads a cut-off WAV as a shorter one
+    (tmp_path / "short.wav").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(M.CorruptMediaError, match="short.wav: truncated: the header declares 8000 frames"):
+        M.audio_info(tmp_path / "short.wav")
     sf.write(tmp_path / "silent.wav", np.zeros(0, dtype=np.float32), 16000)
     with pytest.raises(M.EmptyFileError, match="silent.wav"):
         M.audio_info(tmp_path / "silent.wav")

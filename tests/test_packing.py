@@ -165,22 +165,36 @@ def test_a_run_resumed_on_other_devices_or_batch_size_reads_on_from_the_same_ite
     assert before + after == list(range(14))
 
 
-def test_a_checkpoint_reads_on_with_another_batch_size_and_restarts_on_another_data_order():
+def test_a_checkpoint_reads_on_with_another_batch_size_and_restarts_on_another_data_order(shards, tmp_path):
     """A checkpoint saves how many items of each stream were trained and what fixes their order:
-    another batch size reads on from the same item (and says so); another seed or shard list
-    cannot, so the data starts over with a warning."""
-    dm = ShardDataModule(train=["shards"], batch_size=4)
+    another batch size reads on from the same item (and says so); another seed, shard list or
+    shard folder contents cannot, so the data starts over with a warning."""
+    folder = str(tmp_path / "a")
+    dm = ShardDataModule(train=[folder], batch_size=4)
     dm.position.batches, dm.position.items["rows"], dm.step_items["rows"] = 7, 28, 4
     state = dm.state_dict()
-    bigger = ShardDataModule(train=["shards"], batch_size=8)
+    bigger = ShardDataModule(train=[folder], batch_size=8)
     bigger.load_state_dict(state)
     assert bigger.position.batches == 7 and bigger.position.items == {"rows": 28}
     sampler = bigger.sampler(range(100), 8, True, "rows")
     assert list(sampler)[:2] == [28, 29]
-    other = ShardDataModule(train=["shards"], batch_size=4, seed=1)
+    other = ShardDataModule(train=[folder], batch_size=4, seed=1)
     with pytest.warns(UserWarning, match="seed.*restarts from its first item"):
         other.load_state_dict(state)
     assert other.position.batches == 0 and other.position.items == {}
+    write_shard_set(tmp_path / "more", records(9), SPACE, per_shard=8)  # a shard the folder gained since
+    (tmp_path / "more" / "shard-000001").rename(tmp_path / "a" / "shard-000004")
+    grown = ShardDataModule(train=[folder], batch_size=4)
+    with pytest.warns(UserWarning, match="contents.*restarts from its first item"):
+        grown.load_state_dict(state)
+    assert grown.position.items == {}
+
+
+def test_a_shard_set_with_missing_lines_reads_with_a_warning_naming_them(tmp_path):
+    write_shard_set(tmp_path / "a", records(30), SPACE, per_shard=8)
+    (tmp_path / "a" / "shard-000001").rename(tmp_path / "shard-000001")  # as if its job were still running
+    with pytest.warns(UserWarning, match="22 of the source's 30 records.*lines 9..16"):
+        assert len(ShardSet(tmp_path / "a")) == 22
 
 
 class Recorder(L.LightningModule):

@@ -81,7 +81,9 @@ def test_empty_shards_are_allowed(tmp_path):
     recs = records(2)
     write_shard_set(tmp_path, recs, SPACE)
     meta = json.loads((tmp_path / "shard-000000" / "meta.json").read_text())
-    ShardWriter(tmp_path, 1).commit({k: meta[k] for k in ("token_space", "tokenizers")})  # every record of it failed
+    # every record of it failed
+    ShardWriter(tmp_path, 1).commit({**{k: meta[k] for k in ("token_space", "tokenizers", "source_records")},
+                                     "lines": [3, 3]})
     shards = ShardSet(tmp_path)
     assert len(shards) == 2 and len(shards.lengths) == 2
     assert np.array_equal(shards.document(1).ids, Serializer(SPACE).serialize(recs[1]).ids)
@@ -93,6 +95,18 @@ def test_missing_folder_says_what_to_run(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no committed token shards.*anyseq tokenize-dataset"):
         ShardSet(tmp_path / "empty")
+
+
+def test_a_damaged_shard_names_its_file_and_what_to_do(tmp_path):
+    write_shard_set(tmp_path, records(6), SPACE, per_shard=3)
+    tokens = tmp_path / "shard-000001" / "tokens.bin"
+    tokens.write_bytes(tokens.read_bytes()[:100])
+    with pytest.raises(ValueError, match=f"{tokens}: 100 bytes; its meta.json says .* delete its folder and rerun"):
+        ShardSet(tmp_path).document(5)
+    meta = tmp_path / "shard-000000" / "meta.json"
+    meta.write_text('{"format": ')
+    with pytest.raises(ValueError, match=f"{meta}: not valid JSON .* delete its folder and rerun"):
+        ShardSet(tmp_path)
 
 
 def test_token_space_mismatch_names_the_folder(tmp_path):

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from PIL import Image
 
 from anyseq import media
-from anyseq.data.manifest import apply_template, parse_record
+from anyseq.data.manifest import RecordError, apply_template, parse_record
 from anyseq.data.prepare import resize_crop
 from anyseq.data.shards import ShardSet, committed_shards
 from anyseq.data.tokenize import main as tokenize
@@ -270,7 +271,9 @@ def test_out_from_other_settings_or_tokenizers_is_refused(tmp_path, capsys):
     args = text_job(tmp_path, ['{"text": "sentence number 1"}', '{"text": "sentence number 2"}'])
     assert tokenize([*args, "--out", str(tmp_path / "o")]) == 0
     assert tokenize([*args, "--out", str(tmp_path / "o"), "--seed", "1"]) == 2
-    assert "other settings" in capsys.readouterr().err
+    assert "other settings (setting: (theirs, yours)) {'seed': (0, 1)}" in capsys.readouterr().err
+    assert tokenize([*args, "--out", str(tmp_path / "o"), "--image-size", "64"]) == 2
+    assert "{'media.image_size': (256, 64)}" in capsys.readouterr().err
     TextTokenizer.train([f"other words {i}" for i in range(40)], vocab_size=290, output=tmp_path / "t2.model")
     other = [a if a != str(tmp_path / "t.model") else str(tmp_path / "t2.model") for a in args]
     assert tokenize([*other, "--out", str(tmp_path / "o")]) == 2
@@ -282,11 +285,54 @@ def test_out_from_other_settings_or_tokenizers_is_refused(tmp_path, capsys):
     assert "changed since the shards were written" in capsys.readouterr().err
 
 
+def test_a_manifest_edited_since_its_shards_were_written_is_refused(tmp_path, capsys):
+    args = text_job(tmp_path, ['{"text": "sentence number 1"}', '{"text": "sentence number 2"}'])
+    assert tokenize([*args, "--out", str(tmp_path / "o")]) == 0
+    text_job(tmp_path, ['{"text": "sentence number 1"}', '{"text": "sentence number 9"}'])  # same length
+    assert tokenize([*args, "--out", str(tmp_path / "o")]) == 2
+    assert "which have changed since (their SHA-256 differs)" in capsys.readouterr().err
+
+
+def test_an_unusable_out_is_refused_before_any_work(tmp_path, capsys):
+    args = text_job(tmp_path, ['{"text": "sentence number 1"}'])
+    (tmp_path / "a-file").write_text("x")
+    for out, says in ((tmp_path / "a-file", "is a file; expected a folder"),
+                      (tmp_path / "a-file" / "sub", "cannot create the folder")):
+        assert tokenize([*args, "--out", str(out)]) == 2
+        assert says in capsys.readouterr().err
+
+
+def test_a_manifest_of_blank_lines_says_so(tmp_path, capsys):
+    args = text_job(tmp_path, ["", "   ", ""])
+    assert tokenize([*args, "--out", str(tmp_path / "o")]) == 2
+    assert "holds only blank lines, no records" in capsys.readouterr().err
+
+
+def test_manifests_from_windows_editors_parse():
+    """A byte-order mark on the first line and CRLF line ends are not errors; a cut-off line's
+    error points at the column where it ends, not at the line end's newline."""
+    assert parse_record(b'\xef\xbb\xbf{"text": "hi"}\r\n', 1, Path(".")).parts[0].text == "hi"
+    with pytest.raises(RecordError, match="column 24"):
+        parse_record(b'{"id": "m", "text": "x"\r\n', 2, Path("."))
+
+
+def test_an_image_is_cropped_to_its_centre_square_before_it_is_resized(monkeypatch):
+    """A thin strip must never become a huge intermediate image (1 x 100000 at 256 would be 77 GB)."""
+    strip = np.zeros((1, 3000, 3), np.uint8)
+    strip[:, 1400:1600] = 200
+    sizes, resize = [], Image.Image.resize
+    monkeypatch.setattr(Image.Image, "resize", lambda self, size, *a, **k: sizes.append(size) or resize(self, size, *a, **k))
+    out = resize_crop(strip, 32)
+    assert out.shape == (32, 32, 3) and (out == 200).all() and sizes == [(32, 32)]
+    wide = np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    assert np.array_equal(resize_crop(wide, 40), wide[:, 8:48])  # a square of the output size is just cut out
+
+
 def test_folder_mode_pairs_media_with_their_captions(data, tmp_path):
     folder = tmp_path / "folder"
     (folder / "sub").mkdir(parents=True)
     world = data["manifest"].parent
-    for name, src, caption in [("a.png", "images/000000.png", "a caption"), ("sub/b.wav", "audio/000000.wav", "a tone"),
+    for name, src, caption in [("a.png", "images/000000.png", "a caption"), ("sub/b.wav", "audio/000000.wav", b"a tone\r\n"),
                                ("c.gif", "videos/000000.gif", "a moving thing"), ("d.png", "images/000001.png", None),
                                ("e.png", "images/000002.png", b"caf\xe9")]:
         (folder / name).write_bytes((world / src).read_bytes())

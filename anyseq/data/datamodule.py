@@ -48,6 +48,11 @@ class ShardDataModule(ResumableDataModule):
             raise ValueError("ShardDataModule.train needs at least one shard folder")
         if weights is not None and len(weights) != len(train):
             raise ValueError(f"ShardDataModule.weights has {len(weights)} entries for {len(train)} train folders")
+        for name, value in (("seq_len", seq_len), ("batch_size", batch_size)):
+            if value < 1:
+                raise ValueError(f"ShardDataModule.{name} must be at least 1, got {value}")
+        if num_workers < 0:
+            raise ValueError(f"ShardDataModule.num_workers must be >= 0, got {num_workers}")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"ShardDataModule.val_fraction must be in [0, 1), got {val_fraction}")
         self.save_hyperparameters()
@@ -55,6 +60,7 @@ class ShardDataModule(ResumableDataModule):
         self.val_sets: list[ShardSet | ShardSubset] = []
         self.space: TokenSpace | None = None
         self.tokenizers: dict[str, dict[str, str]] = {}
+        self.contents: list[list[int]] = []  # (documents, tokens) of each train folder
 
     # -- the token space, known before setup (the model is sized from it) ------------------------
     def token_space(self) -> TokenSpace:
@@ -63,6 +69,7 @@ class ShardDataModule(ResumableDataModule):
             sets = [ShardSet(p) for p in [*hp.train, *(hp.val or [])]]
             self.space = check_same_space(sets)
             self.tokenizers = sets[0].tokenizers
+            self.contents = [[len(s), s.num_tokens] for s in sets[: len(hp.train)]]
         return self.space
 
     def setup(self, stage: str | None = None) -> None:
@@ -105,6 +112,9 @@ class ShardDataModule(ResumableDataModule):
         return self._loader(self.val_sets, train=False) if self.val_sets else []
 
     def layout(self) -> dict[str, Any]:
+        """The folders' contents are part of it: shards added to a folder since (a tokenize job that
+        was still running) put other documents at the saved position."""
         hp = self.hparams
-        return {"train": list(hp.train), "weights": hp.weights, "seq_len": hp.seq_len, "seed": hp.seed,
-                "val_fraction": hp.val_fraction if not hp.val else 0.0}
+        self.token_space()
+        return {"train": list(hp.train), "contents": self.contents, "weights": hp.weights, "seq_len": hp.seq_len,
+                "seed": hp.seed, "val_fraction": hp.val_fraction if not hp.val else 0.0}

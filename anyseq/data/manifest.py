@@ -19,6 +19,8 @@ without a caption is a failed record, a stray ``.txt`` is ignored.
 
 from __future__ import annotations
 
+import codecs
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -100,8 +102,10 @@ def _content(obj: dict, where: str, base: Path) -> Part:
 
 def parse_record(raw: bytes, line: int, base: Path) -> Record | None:
     """One manifest line -> Record (None for a blank line); RecordError says what is wrong."""
+    if line == 1:
+        raw = raw.removeprefix(codecs.BOM_UTF8)  # editors on Windows may open the file with one
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8").rstrip("\r\n")
     except UnicodeDecodeError as e:
         raise RecordError(f"line is not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
     if not text.strip():
@@ -185,6 +189,9 @@ class ManifestSource:
 
     def __init__(self, path: str | Path):
         self.path = Path(path).resolve()
+        if self.path.is_dir():
+            raise FileNotFoundError(f"{path}: is a folder, not a JSONL manifest; for a folder of media files with "
+                                    "same-named .txt captions use --folder")
         if not self.path.is_file():
             raise FileNotFoundError(f"{path}: manifest not found")
         self.base = self.path.parent
@@ -196,12 +203,8 @@ class ManifestSource:
         with self.path.open("rb") as f:
             yield from enumerate(f, 1)
 
-    def count(self) -> int:
-        n = 0
-        with self.path.open("rb") as f:
-            for n, _ in enumerate(f, 1):
-                pass
-        return n
+    def content(self, raw: bytes) -> bytes:
+        return raw
 
     def parse(self, number: int, raw: bytes) -> Record | None:
         return parse_record(raw, number, self.base)
@@ -234,8 +237,10 @@ class FolderSource:
     def items(self) -> Iterator[tuple[int, Path]]:
         return enumerate(self._files(), 1)
 
-    def count(self) -> int:
-        return sum(1 for _ in self._files())
+    def content(self, path: Path) -> bytes:
+        """The file's name and caption (not the media bytes: hashing every file would cost a read of all)."""
+        caption = path.with_suffix(".txt")
+        return str(path.relative_to(self.path)).encode() + b"\0" + (caption.read_bytes() if caption.is_file() else b"")
 
     def parse(self, number: int, path: Path) -> Record:
         kind = media_kind(path)
@@ -249,9 +254,20 @@ class FolderSource:
             raise fail(f"no caption file {caption.name} next to {path.name}")
         raw = caption.read_bytes()
         try:
-            text = _text(raw.decode("utf-8").strip("\n"), "the caption")
+            text = _text(raw.decode("utf-8-sig").strip("\r\n"), "the caption")
         except UnicodeDecodeError as e:
             raise fail(f"caption is not valid UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
         except RecordError as e:
             raise fail(e.reason) from None
         return Record(number, rid, kind, [Part("text", text=text), Part(kind, path=path)])
+
+
+def scan(source: ManifestSource | FolderSource, per_shard: int) -> tuple[int, list[str]]:
+    """The number of source items, and the SHA-256 of each shard's ``per_shard`` consecutive
+    items: a rerun checks that the records behind committed shards did not change since."""
+    digests, total = [], 0
+    for total, item in source.items():
+        if (total - 1) % per_shard == 0:
+            digests.append(hashlib.sha256())
+        digests[-1].update(source.content(item))
+    return total, [d.hexdigest() for d in digests]

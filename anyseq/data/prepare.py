@@ -1,7 +1,7 @@
 """Turning a record's parts into tokenizer-ready arrays (runs in the decoding workers).
 
 Text becomes sentencepiece ids here; media are decoded and brought to the size the media
-tokenizers expect: images resized (shorter side) and centre-cropped to ``image_size``
+tokenizers expect: images centre-cropped to a square and resized to ``image_size``
 (a multiple of the visual tokenizer's spatial factor), videos read at ``video_fps`` and cut
 to the longest ``1 + k * temporal`` frames up to ``video_frames``, audio read at the codec's
 rate, cut to ``audio_seconds`` and padded with zeros to whole codec frames (exactly what the
@@ -40,15 +40,18 @@ class MediaSettings:
 
 
 def resize_crop(image: np.ndarray, size: int) -> np.ndarray:
-    """uint8 (H, W, 3) -> (size, size, 3): shorter side resized to ``size``, centre crop."""
+    """uint8 (H, W, 3) -> (size, size, 3): the centre square, resized to ``size``.
+
+    The square is resampled straight from the source (Pillow's ``box``), never through a
+    resized whole image: a 1 x 100000 strip would otherwise become ``size x 100000 size``.
+    """
     h, w = image.shape[:2]
     if (h, w) == (size, size):
         return image
-    scale = size / min(h, w)
-    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
-    resized = np.asarray(Image.fromarray(image).resize((nw, nh), Image.Resampling.BICUBIC))
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return np.ascontiguousarray(resized[top : top + size, left : left + size])
+    side = min(h, w)
+    left, top = (w - side) / 2, (h - side) / 2
+    box = (left, top, left + side, top + side)
+    return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BICUBIC, box=box))
 
 
 class Preparer:
@@ -73,6 +76,10 @@ class Preparer:
         except media.MediaError as e:
             reason = e.reason if e.expected is None else f"{e.reason}; expected {e.expected}"
             raise RecordError(reason, e.path) from None
+        except RecordError:
+            raise
+        except Exception as e:  # whatever a decoder throws, the record names its file
+            raise RecordError(f"could not prepare the {part.modality}: {type(e).__name__}: {e}", part.path) from None
 
     def _image(self, path) -> np.ndarray:
         image = media.read_image(path, max_pixels=self.settings.max_pixels)

@@ -13,7 +13,8 @@ temporary folder beside it, fsynced, then renamed), so a reader never sees half 
         errors.jsonl  the records of this shard's lines that failed, with reasons
         meta.json     format version, token space (+ fingerprint), tokenizers {name: {path, fingerprint}},
                       counts (documents, tokens, tokens per modality, records ok/failed per kind),
-                      the manifest lines it covers [first, stop) and the settings that made it
+                      the manifest lines it covers [first, stop) of the source's records, their
+                      SHA-256, and the settings that made it
       shard-000001/ ...
 
 Per-token metadata is rebuilt from the spans with the grammar's conventions: tokens outside
@@ -29,6 +30,7 @@ import json
 import os
 import shutil
 import uuid
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -142,9 +144,9 @@ def write_shard_set(
     per_shard: int = 1000,
 ) -> Path:
     """Serialize in-memory records (lists of Segments) into a shard set, without a manifest."""
-    serializer, root = Serializer(space), Path(root)
-    meta = {"token_space": {**space.to_dict(), "fingerprint": space.fingerprint}, "tokenizers": tokenizers or {},
-            "settings": {"source": "write_shard_set"}}
+    serializer, root, records = Serializer(space), Path(root), list(records)
+    meta = {"source_records": len(records), "token_space": {**space.to_dict(), "fingerprint": space.fingerprint},
+            "tokenizers": tokenizers or {}, "settings": {"source": "write_shard_set"}}
     writer, n = None, 0
     for n, segments in enumerate(records):
         if n % per_shard == 0:
@@ -184,8 +186,12 @@ def read_meta(shard: Path) -> dict[str, Any]:
     path = shard / "meta.json"
     if not path.is_file():
         raise FileNotFoundError(f"{shard}: not a committed shard (no meta.json)")
-    meta = json.loads(path.read_text())
-    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+    try:
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); the shard is damaged: delete its folder and rerun "
+                         "`anyseq tokenize-dataset` to redo it") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise ValueError(
             f"{path}: format {meta.get('format')!r} version {meta.get('version')!r}; "
             f"this anyseq reads {FORMAT!r} version {VERSION}"
@@ -206,9 +212,13 @@ class _Shard:
     @property
     def arrays(self) -> dict[str, np.ndarray]:
         if self._arrays is None:
-            n_tokens = self.meta["tokens"]
-            tokens = (np.memmap(self.path / "tokens.bin", np.uint32, "r", shape=(n_tokens,)) if n_tokens
-                      else np.zeros(0, np.uint32))
+            n_tokens, path = self.meta["tokens"], self.path / "tokens.bin"
+            size = path.stat().st_size if path.is_file() else None
+            if size != 4 * n_tokens:
+                raise ValueError(f"{path}: {'missing' if size is None else f'{size} bytes'}; its meta.json says "
+                                 f"{n_tokens} uint32 tokens ({4 * n_tokens} bytes): the shard is damaged, delete "
+                                 "its folder and rerun `anyseq tokenize-dataset` to redo it")
+            tokens = np.memmap(path, np.uint32, "r", shape=(n_tokens,)) if n_tokens else np.zeros(0, np.uint32)
             spans = np.load(self.path / "spans.npy", mmap_mode="r")
             self._arrays = {
                 "tokens": tokens,
@@ -218,6 +228,23 @@ class _Shard:
                 "lines": np.load(self.path / "lines.npy"),
             }
         return self._arrays
+
+
+def _warn_if_incomplete(root: Path, shards: list[dict[str, Any]]) -> None:
+    """A shard set still being written (or cut short) reads, with a warning naming the missing lines."""
+    total = shards[0].get("source_records")  # (absent in sets written before it was recorded)
+    if total is None:
+        return
+    covered = np.zeros(total + 2, np.int64)  # +1 at a shard's first line, -1 past its last
+    for meta in shards:
+        lo, hi = meta["lines"]
+        covered[lo] += 1
+        covered[hi] -= 1
+    missing = np.flatnonzero(np.cumsum(covered)[1 : total + 1] == 0) + 1
+    if len(missing):
+        warnings.warn(f"{root}: the shards hold {total - len(missing)} of the source's {total} records (lines "
+                      f"{missing[0]}..{missing[-1]} are missing, {len(missing)} in all): its `anyseq "
+                      "tokenize-dataset` has not finished; rerun it to complete the set", stacklevel=3)
 
 
 class ShardSet:
@@ -239,7 +266,9 @@ class ShardSet:
             folders = [root] if (root / "meta.json").is_file() else committed_shards(root)
             if not folders:
                 raise FileNotFoundError(f"{root}: holds no committed token shards ({PREFIX}*/); {HINT}")
-            self._shards.extend(_Shard(f, read_meta(f)) for f in folders)
+            shards = [_Shard(f, read_meta(f)) for f in folders]
+            _warn_if_incomplete(root, [s.meta for s in shards])
+            self._shards.extend(shards)
         first = self._shards[0].meta
         self.space = TokenSpace.from_dict(first["token_space"])
         if space is not None:

@@ -11,7 +11,9 @@ The job runs as a Lightning ``predict``, on one device or many:
 Shard ``k`` holds manifest lines ``[k*R + 1, (k+1)*R]`` (R = --records-per-shard), whatever
 the number of workers, devices or restarts, so the output is a pure function of the
 manifest, the tokenizers and the settings, and a rerun skips committed shards and redoes
-the rest. With several devices, rank ``r`` takes every ``world``-th pending shard; the
+the rest (a committed shard whose manifest lines changed since is an error: each shard keeps
+the SHA-256 of its lines, or in folder mode of its file names and captions; media files
+themselves are not re-read). With several devices, rank ``r`` takes every ``world``-th pending shard; the
 shard set merges by listing. Multi-GPU (one node, or several with ``--num-nodes``)::
 
     anyseq tokenize-dataset --manifest m.jsonl --out shards --text-tokenizer text.model \\
@@ -23,7 +25,8 @@ runs in deterministic mode; the decoding worker count never matters.
 
 Bad records never stop the run: each goes to ``errors.jsonl`` with its line, id, path and
 reason. Exit status: 0 every record ok; 1 some records failed (their reasons are in
-errors.jsonl); 2 the job could not run, every record failed, or --fail-on-error stopped it.
+errors.jsonl); 2 the job could not run or was stopped (a rerun resumes it), every record failed,
+or --fail-on-error stopped it.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import logging
 import math
 import sys
 import time
+import traceback
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
@@ -48,7 +52,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import nn
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from anyseq.data.manifest import TASKS, FolderSource, ManifestSource, Record, RecordError, apply_template
+from anyseq.data.manifest import TASKS, FolderSource, ManifestSource, Record, RecordError, apply_template, scan
 from anyseq.data.prepare import MediaSettings, Preparer
 from anyseq.data.shards import (
     ShardWriter, committed_shards, read_meta, remove_stale, shard_index, write_text_atomic,
@@ -97,6 +101,7 @@ class Job:
     batch_size: int
     workers: int
     fail_on_error: bool
+    digests: list[str]  # SHA-256 of each shard's source items
     meta: dict[str, Any] = field(default_factory=dict)  # what every shard's meta.json shares
 
     @property
@@ -116,19 +121,28 @@ class Job:
                 raise JobError(f"--out {self.out} already holds shards of another token space: {e} "
                                "Use a new --out (or delete it) to tokenize with these tokenizers.") from None
             if meta["settings"] != self.meta["settings"]:
-                diff = {k: (meta["settings"].get(k), v) for k, v in self.meta["settings"].items()
-                        if meta["settings"].get(k) != v}
+                theirs, yours = _flat(meta["settings"]), _flat(self.meta["settings"])
+                diff = {k: (theirs.get(k), yours.get(k)) for k in sorted({*theirs, *yours}) if theirs.get(k) != yours.get(k)}
                 raise JobError(f"--out {self.out} holds shards made with other settings "
                                f"(setting: (theirs, yours)) {diff}; rerun with the same arguments to resume, "
                                "or use a new --out")
-            if tuple(meta["lines"]) != self.lines(shard_index(shard)):
+            k = shard_index(shard)
+            if tuple(meta["lines"]) != self.lines(k):
                 raise JobError(f"{shard} holds manifest lines {meta['lines']} but the source now gives that shard "
-                               f"lines {list(self.lines(shard_index(shard)))}: it changed since the shards were "
-                               "written; use a new --out")
+                               f"lines {list(self.lines(k))}: it changed since the shards were written; use a new --out")
+            if meta.get("source_sha256", self.digests[k]) != self.digests[k]:
+                raise JobError(f"{shard} was made from lines {meta['lines']} of the source, which have changed since "
+                               "(their SHA-256 differs); use a new --out, or delete that shard folder to redo it")
 
     def pending(self) -> list[int]:
         done = {shard_index(p) for p in committed_shards(self.out)}
         return [k for k in range(self.num_shards) if k not in done]
+
+
+def _flat(settings: dict[str, Any]) -> dict[str, Any]:
+    """{"media": {"image_size": 256}} -> {"media.image_size": 256}, to name the one setting that differs."""
+    return {f"{k}.{kk}" if isinstance(v, dict) else k: vv for k, v in settings.items()
+            for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)])}
 
 
 def _media_tokenizer(path: str | None, modality: str) -> MediaTokenizer | None:
@@ -137,7 +151,8 @@ def _media_tokenizer(path: str | None, modality: str) -> MediaTokenizer | None:
     tok = load_tokenizer(path)
     kinds = ("image", "video", "visual") if modality == "visual" else ("audio",)
     if getattr(tok, "modality", None) not in kinds:
-        raise JobError(f"--{modality}-tokenizer {path} holds a {tok.modality} tokenizer, not a {modality} one")
+        raise JobError(f"--{modality}-tokenizer {path} is a tokenizer of {tok.modality}; expected a tokenizer of "
+                       f"{' or '.join(kinds)}")
     return tok
 
 
@@ -171,7 +186,7 @@ def make_job(args: argparse.Namespace) -> Job:
         settings.update(sample_rate=int(media["audio"].sample_rate), hop=int(media["audio"].compression["time"]),
                         audio=True)
     settings = MediaSettings(**settings)
-    total = source.count()
+    total, digests = scan(source, args.records_per_shard)
     if total == 0:
         raise JobError(f"{source.path}: holds no records")
     template = {"task": args.task, "p_caption_first": args.p_caption_first, "seed": args.seed,
@@ -181,14 +196,23 @@ def make_job(args: argparse.Namespace) -> Job:
         if name in media:
             tokenizers[name] = {"path": str(Path(path).resolve()), "fingerprint": media[name].fingerprint}
     meta = {
+        "source_records": total,  # with each shard's "lines": whether a shard set is complete
         "token_space": {**space.to_dict(), "fingerprint": space.fingerprint},
         "tokenizers": tokenizers,
         # batch_size is here because batch composition may change float rounding (and a code) on GPUs
         "settings": {**source.describe(), **template, "records_per_shard": args.records_per_shard,
                      "batch_size": args.batch_size, "media": settings.to_dict()},
     }
-    job = Job(Path(args.out).resolve(), source, Path(args.text_tokenizer).resolve(), media, space, settings,
-              args.records_per_shard, total, template, args.batch_size, args.workers, args.fail_on_error, meta)
+    out = Path(args.out).resolve()
+    if out.exists() and not out.is_dir():
+        raise JobError(f"--out {args.out} is a file; expected a folder (a new one, or this job's shards to resume)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise JobError(f"--out {args.out}: cannot create the folder ({e.strerror})") from None
+    job = Job(out, source, Path(args.text_tokenizer).resolve(), media, space, settings,
+              args.records_per_shard, total, template, args.batch_size, args.workers, args.fail_on_error, digests,
+              meta)
     job.check_out_dir()
     return job
 
@@ -442,7 +466,7 @@ class ShardCommitter(BasePredictionWriter):
             raise FatalRecordError(f"line {e['line']}: {e['reason']}")
         errors.sort(key=lambda e: e["line"])
         failed = Counter(e["kind"] for e in errors)
-        meta = {**self.job.meta, "lines": list(lines),
+        meta = {**self.job.meta, "lines": list(lines), "source_sha256": self.job.digests[index],
                 "records": {"ok": dict(sorted(ok.items())), "failed": dict(sorted(failed.items()))}}
         remove_stale(self.job.out, index)
         writer.commit(meta, errors)
@@ -497,7 +521,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Turn a manifest of text/image/video/audio records into token shards for `anyseq fit`. "
                     "Resumable: rerun the same command after an interruption and it continues where it stopped.",
         epilog="Exit status: 0 every record ok; 1 some records failed (see OUT/errors.jsonl); 2 the job could not "
-               "run, every record failed, or --fail-on-error stopped it. Several GPUs: add --device cuda --devices N "
+               "run or was stopped (rerun to resume), every record failed, or --fail-on-error stopped it. Several "
+               "GPUs: add --device cuda --devices N "
                "(Lightning DDP; each rank writes its own shards, the folder merges by listing).",
         formatter_class=HelpFormatter,
     )
@@ -580,6 +605,13 @@ def main(argv: list[str] | None = None) -> int:
     except FatalRecordError as e:
         print(f"{PROG}: stopped at a bad record (--fail-on-error): {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # the finished shards are committed; say so, and never exit 1 ("some records failed")
+        if not isinstance(e, OSError):
+            traceback.print_exc()
+        print(f"{PROG}: error: stopped by {type(e).__name__}: {e} (a decoding worker killed for memory, a full "
+              f"disk, or a bug); the {len(committed_shards(job.out))} committed shards are kept: rerun the same "
+              "command to resume", file=sys.stderr)
+        return 2
     if trainer.global_rank != 0:
         return 0
     stats, errors = summarize(job, time.perf_counter() - start, module.shards, module.encode_seconds)
@@ -591,6 +623,8 @@ def main(argv: list[str] | None = None) -> int:
           f"({stats['records_per_second']} records/s)"
           + (f"; reasons in {job.out / 'errors.jsonl'}" if r["failed"] else ""), file=sys.stderr)
     if r["ok"] == 0:
-        print(f"{PROG}: error: every record failed; see {job.out / 'errors.jsonl'}", file=sys.stderr)
+        what = (f"every record failed; see {job.out / 'errors.jsonl'}" if r["failed"]
+                else f"{job.source.path} holds only blank lines, no records")
+        print(f"{PROG}: error: {what}", file=sys.stderr)
         return 2
     return 1 if r["failed"] else 0
