@@ -22,6 +22,7 @@ import numpy as np
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
+from av.video.reformatter import VideoReformatter
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from anyseq.helpers import default, exists
@@ -184,9 +185,13 @@ def _frame_rate(stream) -> float | None:
 
 
 def _decoded(path: Path, container) -> Iterator[tuple[np.ndarray, float | None]]:
+    # A converter of our own, one-threaded: PyAV's default one is kept per thread with a pool of
+    # scaler threads, and a DataLoader worker forked after the parent used it hangs for ever
+    # freeing a pool whose threads it does not have (seen in tests/test_tokenize_dataset.py).
+    rgb = VideoReformatter()
     try:
         for frame in container.decode(video=0):
-            yield frame.to_ndarray(format="rgb24"), frame.time
+            yield rgb.reformat(frame, format="rgb24", threads=1).to_ndarray(), frame.time
     except av.FFmpegError as e:
         raise CorruptMediaError(path, f"video data is corrupt ({e})", "a decodable video stream") from e
 
