@@ -80,22 +80,38 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     ``save_distributed_checkpoint=true`` (only its weights are read, not the optimizer's state).
     """
     path = Path(path)
-    if path.is_dir():
-        ckpt = read_sharded_checkpoint(path)
-    elif not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"{path}: checkpoint not found (anyseq fit writes them under its log dir)")
-    elif not zipfile.is_zipfile(path):  # torch.load's own errors here talk about mmap and file modes
-        raise ValueError(f"{path}: not a checkpoint: torch.save writes a zip archive and this file is none "
-                         "(cut short by an interrupted copy, or another kind of file); expected a .ckpt that anyseq fit wrote")
-    else:
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)  # our own Lightning checkpoint
-        except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:  # a zip, but not torch's
-            raise ValueError(f"{path}: torch cannot read it as a checkpoint ({str(err).splitlines()[0]}); "
-                             "expected a .ckpt that anyseq fit wrote") from None
+    ckpt = read_sharded_checkpoint(path) if path.is_dir() else load_file(path)
     if not isinstance(ckpt, dict) or "anyseq" not in ckpt:
         raise ValueError(f"{path}: not an anyseq checkpoint (no 'anyseq' section); was it written by AnySeqModule?")
     return ckpt
+
+
+def load_file(path: Path) -> Any:
+    """``torch.load`` of one checkpoint file (tensors memory-mapped), or a ValueError naming it."""
+    if not zipfile.is_zipfile(path):  # torch.load's own errors here talk about mmap and file modes
+        raise ValueError(f"{path}: not a checkpoint: torch.save writes a zip archive and this file is none "
+                         "(cut short by an interrupted copy or save, or another kind of file); "
+                         "expected a .ckpt that anyseq fit wrote")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)  # our own Lightning checkpoint
+    except (RuntimeError, OSError, EOFError, pickle.UnpicklingError) as err:  # a zip, but not torch's
+        raise ValueError(f"{path}: torch cannot read it as a checkpoint ({str(err).splitlines()[0]}); "
+                         "expected a .ckpt that anyseq fit wrote") from None
+
+
+def read_metadata(path: Path) -> dict[str, Any]:
+    """A checkpoint's everything but the weights of a distributed one (its ``meta.pt``); the
+    whole of a single file. A folder whose save was cut short (no ``meta.pt`` or ``.metadata``:
+    each is written after the shards) is a FileNotFoundError."""
+    if not path.is_dir():
+        return load_file(path)
+    missing = [name for name in (".metadata", "meta.pt") if not (path / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{path}: a folder, but not a distributed checkpoint (no {', '.join(missing)}); "
+                                "give a .ckpt file or the folder fsdp2 writes with save_distributed_checkpoint=true")
+    return load_file(path / "meta.pt")
 
 
 def read_sharded_checkpoint(path: Path) -> dict[str, Any]:
@@ -103,11 +119,7 @@ def read_sharded_checkpoint(path: Path) -> dict[str, Any]:
     as the dict a single file holds, with the full weights assembled in this one process."""
     import torch.distributed.checkpoint as dcp
 
-    missing = [name for name in (".metadata", "meta.pt") if not (path / name).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{path}: a folder, but not a distributed checkpoint (no {', '.join(missing)}); "
-                                "give a .ckpt file or the folder fsdp2 writes with save_distributed_checkpoint=true")
-    ckpt = torch.load(path / "meta.pt", map_location="cpu", weights_only=False)
+    ckpt = read_metadata(path)
     stored = dcp.FileSystemReader(path).read_metadata().state_dict_metadata
     prefix = "state_dict."
     weights = {key.removeprefix(prefix): torch.empty(meta.size, dtype=meta.properties.dtype)
@@ -155,7 +167,8 @@ def init_from_checkpoint(model: Transformer, space: TokenSpace, ckpt: dict[str, 
     Every parameter but the vocabulary rows must have the checkpoint's shape. Vocabulary rows
     are copied range by range where the ids mean the same (``TokenSpace.shared_rows``), so a
     model can be fine-tuned on data with a new modality or larger shape limits: rows of new
-    ranges keep their fresh initialisation. Returns ``{"carried": [...], "fresh": [...]}`` ranges.
+    ranges keep their fresh initialisation; the padding rows come from the checkpoint's padding
+    rows. Returns ``{"carried": [...], "fresh": [...]}`` ranges.
     """
     state = model_state(ckpt)
     own = model.state_dict(keep_vars=True)  # tied embeddings appear under both names
@@ -171,11 +184,18 @@ def init_from_checkpoint(model: Transformer, space: TokenSpace, ckpt: dict[str, 
         )
     if any(p.is_meta for p in own.values()):
         raise ValueError(f"init_from {name}: the model was built on the meta device; build it on a real one")
-    shared = space.shared_rows(TokenSpace.from_dict(ckpt["anyseq"]["token_space"]))
+    older = TokenSpace.from_dict(ckpt["anyseq"]["token_space"])
+    shared = space.shared_rows(older)
+    # Padding ids are never targets, yet their logits count in the loss's normaliser: trained rows
+    # keep them low, fresh ones would raise the loss before the first step. Any trained padding
+    # row serves (they all learned the same), so a space with more of them repeats them.
+    spare = older.size - older.num_valid
     for key, p in own.items():
         if key not in VOCAB_PARAMETERS:
             p.copy_(state[key])
             continue
         for old, new, rows in shared.values():
             p[new : new + rows].copy_(state[key][old : old + rows])
+        if spare:
+            p[space.num_valid :].copy_(state[key][older.num_valid + torch.arange(space.size - space.num_valid) % spare])
     return {"carried": sorted(shared), "fresh": sorted(space.ranges.keys() - shared.keys())}

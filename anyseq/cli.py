@@ -8,12 +8,27 @@ argparse programs, each living beside the code it drives and imported only when 
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import linecache
 import sys
+import textwrap
 import warnings
 
-LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
+# subcommand -> its help line; LightningCLI runs each
+LIGHTNING_COMMANDS: dict[str, str] = {
+    "fit": "train a model or a tokenizer from a YAML recipe (configs/); the same command plus "
+           "`--ckpt_path last` resumes the newest checkpoint an earlier run of it saved",
+    "validate": "run the validation loop",
+    "test": "run the test loop",
+    "predict": "run the predict loop",
+}
+# imported before the parser is built, so that --model / --data list them as known subclasses
+LIGHTNING_CLASSES = ("anyseq.training", "anyseq.data.datamodule", "anyseq.tokenizers.visual_module",
+                     "anyseq.tokenizers.visual_data", "anyseq.tokenizers.audio_module", "anyseq.tokenizers.audio_data")
+CLASS_HELP = ("--model and --data take a class path and its init_args (known subclasses below); "
+              "show a class's own options with e.g. `anyseq {command} --model.help anyseq.training.AnySeqModule` "
+              "or `--data.help anyseq.data.datamodule.ShardDataModule`.")
 
 # subcommand -> (module, one-line help). Each module defines ``main(argv) -> int``.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -28,11 +43,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 USAGE = """usage: anyseq <command> [options]
 
 Training (LightningCLI; `anyseq fit --help`, `anyseq fit --config X.yaml --print_config`):
-  fit        train a model or a tokenizer from a YAML recipe (configs/); the same command plus
-             `--ckpt_path last` resumes the newest last.ckpt an earlier run of it saved
-  validate   run the validation loop
-  test       run the test loop
-  predict    run the predict loop
+{training}
 
 Programs:
 {programs}
@@ -50,6 +61,8 @@ def lightning_cli(argv: list[str]) -> int:
         if wrong is None:
             raise
         print(f"anyseq {argv[0]}: error: {wrong}", file=sys.stderr)
+        if isinstance(err, argparse.ArgumentError):  # instead of jsonargparse's page of usage
+            print(f"see `anyseq {argv[0]} --help`", file=sys.stderr)
         return 2
     return 0
 
@@ -59,13 +72,16 @@ def message_for_the_user(err: BaseException) -> str | None:
 
     Input errors are the ones raised on purpose: by a ``raise`` statement in anyseq's code (a
     ValueError, KeyError or TypeError there names the setting and what to type), Lightning's
-    MisconfigurationException, or a missing file. jsonargparse wraps errors raised while it builds
-    the model and data, so the innermost cause is the one read.
+    MisconfigurationException, a missing file, or the parser's own (an unknown or mistyped
+    option). jsonargparse wraps errors raised while it builds the model and data, so the
+    innermost cause is the one read.
     """
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     from anyseq.helpers import error_message
 
+    if isinstance(err, argparse.ArgumentError):
+        return str(err)
     while err.__cause__ is not None:
         err = err.__cause__
     text = error_message(err)
@@ -86,6 +102,13 @@ def run_lightning_cli(argv: list[str]) -> None:
 
     from anyseq.resume import ResumingCLI
 
+    for module in LIGHTNING_CLASSES:
+        importlib.import_module(module)
+    # parse errors raise (exit_on_error=False), for lightning_cli to say in one line
+    parsers = {name: {"exit_on_error": False,
+                      "description": f"{text[0].upper()}{text[1:]}. {CLASS_HELP.format(command=name)}"}
+               for name, text in LIGHTNING_COMMANDS.items()}
+
     with warnings.catch_warnings():  # argv is always given on purpose: the console's or the demo's
         warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
         # The tokenizers optimise by hand and resume from the weights after a step, which is what
@@ -101,6 +124,7 @@ def run_lightning_cli(argv: list[str]) -> None:
             args=argv,
             save_config_kwargs={"overwrite": True},
             auto_configure_optimizers=False,
+            parser_kwargs={"exit_on_error": False, **parsers},
         )
     close_process_group()
 
@@ -120,16 +144,19 @@ def close_process_group() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    training = "\n".join(textwrap.fill(text, 98, initial_indent=f"  {name:<11}", subsequent_indent=" " * 13)
+                         for name, text in LIGHTNING_COMMANDS.items())
     programs = "\n".join(f"  {name:<21}{text}" for name, (_, text) in COMMANDS.items())
+    usage = USAGE.format(training=training, programs=programs)
     if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE.format(programs=programs))
+        print(usage)
         return 0
     command, rest = argv[0], argv[1:]
     if command in LIGHTNING_COMMANDS:
         return lightning_cli([command, *rest])
     if command not in COMMANDS:
         print(f"anyseq: unknown command {command!r}\n", file=sys.stderr)
-        print(USAGE.format(programs=programs), file=sys.stderr)
+        print(usage, file=sys.stderr)
         return 2
     module = importlib.import_module(COMMANDS[command][0])
     return int(module.main(rest) or 0)

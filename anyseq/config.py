@@ -8,7 +8,7 @@ For training, ``vocab_size`` is set from the token space (``config.with_vocab(sp
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 
@@ -76,7 +76,19 @@ class ModelConfig:
     def from_preset(cls, name: str, **overrides: Any) -> "ModelConfig":
         if name not in PRESETS:
             raise KeyError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)}")
-        return replace(PRESETS[name], **overrides)
+        return PRESETS[name].with_overrides(overrides)
+
+    @classmethod
+    def check_fields(cls, overrides: dict[str, Any]) -> None:
+        """``model_overrides`` may name only fields of ModelConfig (replace's TypeError names no setting)."""
+        unknown = sorted(set(overrides) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"model_overrides has unknown fields {unknown}; "
+                             f"ModelConfig's fields are {[f.name for f in fields(cls)]}")
+
+    def with_overrides(self, overrides: dict[str, Any]) -> "ModelConfig":
+        self.check_fields(overrides)
+        return replace(self, **overrides)
 
     def with_vocab(self, vocab_size: int) -> "ModelConfig":
         return replace(self, vocab_size=vocab_size)

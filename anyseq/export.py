@@ -2,7 +2,9 @@
 
 Our parameter layout is Llama's, with RoPE in the same half-split convention, so the export
 is a renaming. Configs Llama cannot express (QK-norm, norm reordering) are refused with the
-reason. The token space is written beside the weights so the ids keep their meaning.
+reason, before anything is written. The token space is written beside the weights so the ids
+keep their meaning, and its <bos>/<eos>/<pad> ids go into the config (transformers' defaults,
+1 and 2, are text ids here).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from safetensors.torch import save_file
 
 from anyseq.config import ModelConfig
 from anyseq.model import Transformer
+from anyseq.vocab import TokenSpace
 
 NAMES = {
     "tok_embeddings.weight": "model.embed_tokens.weight",
@@ -36,10 +39,13 @@ LAYER_NAMES = {
 }
 
 
-def llama_config(c: ModelConfig) -> dict:
+def llama_config(c: ModelConfig, dtype: torch.dtype, token_space: TokenSpace | None = None) -> dict:
+    """The config.json; without a token space the special ids are left unset (null)."""
     unsupported = [name for name in ("qk_norm", "norm_reorder") if getattr(c, name)]
     if unsupported:
         raise ValueError(f"the Hugging Face Llama format cannot express {unsupported}; this model cannot be exported")
+    special = {f"{name}_token_id": token_space.special(f"<{name}>") if token_space else None
+               for name in ("bos", "eos", "pad")}
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -57,7 +63,8 @@ def llama_config(c: ModelConfig) -> dict:
         "attention_bias": False,
         "mlp_bias": False,
         "tie_word_embeddings": c.tie_embeddings,
-        "torch_dtype": "float32",
+        "torch_dtype": str(dtype).removeprefix("torch."),
+        **special,
     }
 
 
@@ -75,10 +82,11 @@ def hf_state_dict(model: Transformer) -> dict[str, torch.Tensor]:
     return out
 
 
-def export_hf(model: Transformer, directory: str | Path, token_space=None) -> Path:
+def export_hf(model: Transformer, directory: str | Path, token_space: TokenSpace | None = None) -> Path:
+    config = llama_config(model.config, model.tok_embeddings.weight.dtype, token_space)  # refused before any write
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(llama_config(model.config), indent=2))
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
     save_file(hf_state_dict(model), str(directory / "model.safetensors"), metadata={"format": "pt"})
     if token_space is not None:
         token_space.save(directory / "token_space.json")

@@ -7,18 +7,23 @@ left out rather than guessed.
 
 from __future__ import annotations
 
+import re
 import time
 
 import lightning as L
 import torch
 
-# dense (non-sparse) bf16 tensor-core peaks, FLOP/s
+# dense (non-sparse) bf16 tensor-core peaks, FLOP/s, by the words of the device's name
 PEAK_BF16 = {
-    "H200": 989e12,
-    "H100": 989e12,  # SXM; the PCIe card is 756e12
+    "H200": 989e12,  # SXM
+    "H200 NVL": 835e12,
+    "GH200": 989e12,
+    "H100": 989e12,  # SXM
     "H100 PCIe": 756e12,
+    "H100 NVL": 835e12,
     "A100": 312e12,
     "L40S": 362e12,
+    "L40": 181e12,
     "L4": 121e12,
     "A10G": 125e12,
     "RTX 4090": 165e12,
@@ -26,17 +31,22 @@ PEAK_BF16 = {
 
 
 def peak_flops(device: torch.device) -> float | None:
+    """The device's peak, from the most specific entry whose words its name contains (so
+    "NVIDIA H100 NVL" is an H100 NVL, not an H100, and "NVIDIA L40" is no L4)."""
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
-    for key in sorted(PEAK_BF16, key=len, reverse=True):  # most specific first
-        if key in name:
+    for key in sorted(PEAK_BF16, key=len, reverse=True):
+        if re.search(rf"\b{re.escape(key)}\b", name):
             return PEAK_BF16[key]
     return None
 
 
 class Throughput(L.Callback):
     """Logs ``perf/tokens_per_s``, ``perf/tflops``, ``perf/mfu`` and prints a line every ``log_every`` steps.
+
+    Steps are optimizer steps: with gradient accumulation an interval holds every micro-batch
+    of its steps and ends once. Validation is not training: its time is left out.
 
     Args:
         log_every: optimizer steps between printed lines.
@@ -46,19 +56,32 @@ class Throughput(L.Callback):
         self.log_every = log_every
         self._t0: float | None = None
         self._tokens = 0
+        self._step = 0  # the optimizer step the last line was printed at (or the run started from)
+        self._validation_t0 = 0.0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._t0, self._tokens, self._step = None, 0, trainer.global_step
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self._t0 is None:
             self._t0 = time.perf_counter()
 
+    def on_validation_start(self, trainer, pl_module) -> None:
+        synchronize(pl_module.device)
+        self._validation_t0 = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self._t0 is not None:  # (the sanity check runs before training starts the clock)
+            synchronize(pl_module.device)
+            self._t0 += time.perf_counter() - self._validation_t0
+
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         ids = batch["input_ids"]
         self._tokens += ids.numel() * trainer.world_size
-        step = trainer.global_step
-        if step == 0 or step % self.log_every or self._t0 is None:
+        step = trainer.global_step  # advanced by the micro-batch that stepped the optimizer, and only by it
+        if step == self._step or step % self.log_every or self._t0 is None:
             return
-        if ids.is_cuda:
-            torch.cuda.synchronize(ids.device)
+        synchronize(ids.device)
         seconds = time.perf_counter() - self._t0
         tokens_per_s = self._tokens / seconds
         flops = pl_module.config.flops_per_token(ids.shape[1]) * tokens_per_s
@@ -73,4 +96,10 @@ class Throughput(L.Callback):
             line += f"tokens/s {tokens_per_s:,.0f}  TFLOP/s {flops / 1e12:.2f}"
             line += f"  MFU {metrics['perf/mfu']:.1%}" if peak else ""
             print(line, flush=True)
-        self._t0, self._tokens = time.perf_counter(), 0
+        self._step, self._t0, self._tokens = step, time.perf_counter(), 0
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so that the clock times it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

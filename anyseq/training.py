@@ -9,14 +9,13 @@ nothing else.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
 from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch import Tensor
+from torch import Tensor, nn
 
 from anyseq.checkpoint import init_from_checkpoint, read_checkpoint
 from anyseq.config import ModelConfig
@@ -51,7 +50,8 @@ class AnySeqModule(ResumesRandomState, L.LightningModule):
             (optimizer and schedule start afresh; to continue a run use ``--ckpt_path`` instead).
             The data may add modalities or codebooks: their embedding rows start fresh.
         lr: peak AdamW learning rate.
-        weight_decay: AdamW weight decay (matrices only; norms and biases are not decayed).
+        weight_decay: AdamW weight decay, of the linear maps' and embeddings' weights only (norms,
+            QK-norm's per-head affine included, and biases are never decayed).
         betas: AdamW betas.
         warmup_steps: linear warmup steps.
         max_steps: length of the cosine schedule; defaults to ``trainer.max_steps``.
@@ -87,9 +87,22 @@ class AnySeqModule(ResumesRandomState, L.LightningModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        # bad settings fail here, by name, rather than as torch's errors at the first step
+        wrong = [f"{name}={value!r} (must be {rule})" for name, value, right, rule in (
+            ("lr", lr, lr > 0, "> 0"),
+            ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),
+            ("betas", betas, len(betas) == 2 and all(0 <= beta < 1 for beta in betas), "two numbers in [0, 1)"),
+            ("warmup_steps", warmup_steps, warmup_steps >= 0, ">= 0"),
+            ("max_steps", max_steps, max_steps is None or max_steps > 0, "> 0, or null for trainer.max_steps"),
+            ("min_lr_ratio", min_lr_ratio, 0 <= min_lr_ratio <= 1, "in [0, 1]"),
+            ("z_loss", z_loss, z_loss >= 0, ">= 0"),
+        ) if not right]
+        if wrong:
+            raise ValueError(f"AnySeqModule: {'; '.join(wrong)}")
         unknown = set(modality_loss_weights or {}) - set(MODALITIES)
         if unknown:
             raise ValueError(f"modality_loss_weights has unknown modalities {sorted(unknown)}; use {list(MODALITIES)}")
+        ModelConfig.check_fields(model_overrides or {})
         check_activation_checkpointing(activation_checkpointing, checkpoint_policy)
         ModelConfig.from_preset(preset or DEFAULT_PRESET)  # fail at construction on an unknown preset
         self.model: Transformer | None = None
@@ -177,7 +190,7 @@ class AnySeqModule(ResumesRandomState, L.LightningModule):
         if ckpt is None:
             return ModelConfig.from_preset(preset or DEFAULT_PRESET, **overrides)
         saved = ModelConfig(**ckpt["anyseq"]["model_config"])
-        config = replace(saved, **overrides)
+        config = saved.with_overrides(overrides)
         changed = saved.architecture_differences(config)
         if changed:  # e.g. rope_theta for a longer context: allowed, but never silently
             rank_zero_warn(f"init_from {self.hparams.init_from}: model_overrides change what the checkpoint's weights "
@@ -202,17 +215,20 @@ class AnySeqModule(ResumesRandomState, L.LightningModule):
         if self.hparams.z_loss:
             loss = loss + self.hparams.z_loss * (w * lse.float() ** 2).sum() / norm
         logs = {"loss": loss.detach()}
-        for i, name in enumerate(MODALITIES):
-            sel = valid & (modality == i)
-            if sel.any():
-                logs[f"loss_{name}"] = ce.detach()[sel].mean()
-        logs["tokens"] = valid.sum().detach()
+        # each modality's mean loss, where it has targets: which ones have is one read of the
+        # counts, the step's one device sync (a test and a boolean index per modality made eight)
+        targeted = (modality[:, None] == torch.arange(len(MODALITIES), device=modality.device)) & valid[:, None]
+        counts, sums = targeted.sum(0), (ce.detach()[:, None] * targeted).sum(0)
+        for i, (name, count) in enumerate(zip(MODALITIES, counts.tolist())):
+            if count:
+                logs[f"loss_{name}"] = sums[i] / count
+        logs["tokens"] = valid.sum()
         return loss, logs
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         loss, logs = self.loss(batch)
-        tokens = logs.pop("tokens")
-        self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=False, batch_size=int(tokens))
+        tokens = logs.pop("tokens")  # a tensor: Lightning weights by it without reading it back
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=False, batch_size=tokens)
         self.log("loss", logs["loss"], prog_bar=True, logger=False)
         self.log("lr", self.optimizers().param_groups[0]["lr"], prog_bar=True, logger=False)
         return loss
@@ -220,13 +236,15 @@ class AnySeqModule(ResumesRandomState, L.LightningModule):
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         _, logs = self.loss(batch)
         tokens = logs.pop("tokens")
-        self.log_dict({f"val/{k}": v for k, v in logs.items()}, prog_bar=True, sync_dist=True, batch_size=int(tokens))
+        self.log_dict({f"val/{k}": v for k, v in logs.items()}, prog_bar=True, sync_dist=True, batch_size=tokens)
 
     # -- optimisation -------------------------------------------------------------------------
     def configure_optimizers(self):
         hp = self.hparams
-        decay = [p for n, p in self.model.named_parameters() if p.ndim >= 2]
-        no_decay = [p for n, p in self.model.named_parameters() if p.ndim < 2]
+        # by module, not by shape: QK-norm's per-head affine is 2-D, and a norm all the same
+        matrices = {id(m.weight) for m in self.model.modules() if isinstance(m, (nn.Linear, nn.Embedding))}
+        decay = [p for p in self.model.parameters() if id(p) in matrices]
+        no_decay = [p for p in self.model.parameters() if id(p) not in matrices]
         groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
         opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), fused=False)
         total = hp.max_steps or (self.trainer.max_steps if self.trainer.max_steps > 0 else 10_000)

@@ -57,6 +57,12 @@ def test_unknown_preset_lists_the_choices():
         ModelConfig.from_preset("gpt5")
 
 
+def test_an_override_of_no_field_is_named_with_the_fields():
+    with pytest.raises(ValueError, match=r"model_overrides has unknown fields \['n_layer'\]; ModelConfig's fields are "
+                                         r"\['vocab_size', 'dim', 'n_layers'"):
+        ModelConfig.from_preset("tiny", n_layer=3)
+
+
 def test_bad_shapes_are_rejected():
     with pytest.raises(ValueError, match="multiple of n_kv_heads"):
         ModelConfig(dim=64, n_heads=4, n_kv_heads=3)

@@ -118,11 +118,25 @@ def test_export_matches_transformers_llama(tmp_path):
         assert torch.allclose(model.logits(model(ids)), hf(ids).logits, atol=1e-5)
 
 
-def test_export_refuses_what_llama_cannot_express(tmp_path):
+def test_export_refuses_what_llama_cannot_express_before_writing_anything(tmp_path):
     from anyseq.export import export_hf
 
     with pytest.raises(ValueError, match="qk_norm"):
-        export_hf(tiny(qk_norm=True), tmp_path)
+        export_hf(tiny(qk_norm=True), tmp_path / "hf")
+    assert not (tmp_path / "hf").exists()
+
+
+def test_export_gives_transformers_the_token_spaces_special_ids_and_the_weights_dtype(tmp_path):
+    """transformers' defaults (bos 1, eos 2) are text ids in anyseq's token space."""
+    transformers = pytest.importorskip("transformers")
+    from anyseq.export import export_hf
+
+    space = TokenSpace(400)
+    export_hf(tiny(vocab_size=space.size).to(torch.bfloat16), tmp_path, space)
+    config = transformers.AutoConfig.from_pretrained(tmp_path)
+    assert (config.bos_token_id, config.eos_token_id, config.pad_token_id) == (
+        space.special("<bos>"), space.special("<eos>"), space.special("<pad>"))
+    assert json.loads((tmp_path / "config.json").read_text())["torch_dtype"] == "bfloat16"
 
 
 def test_export_hf_names_a_missing_or_unreadable_checkpoint(tmp_path, capsys):

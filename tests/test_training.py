@@ -3,10 +3,12 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -66,13 +68,13 @@ def test_tiny_model_memorises_text_and_generate_reproduces_it(text_data, sentenc
     assert record["dtype"] == "float32"
     # in bfloat16 (the CUDA default) the memorised continuation survives the rounding
     rc = anyseq(["generate", "--checkpoint", str(ckpt), "--text", "the blue whale", "--temperature", "0",
-                 "--max-text-tokens", "32", "--out", str(out), "--stdout", "--dtype", "bfloat16"])
+                 "--max-text-tokens", "32", "--out", str(out / "bf16"), "--stdout", "--dtype", "bfloat16"])
     assert rc == 0 and " swims over the deep reef." in capsys.readouterr().out
     assert bundle.model.tok_embeddings.weight.dtype == torch.float32
 
 
 def final_loss(root, steps, resume_from=None, ckpt_dir=None, save_at=None, save_end=None, callbacks=(),
-               **module_args):
+               trainer_args=None, data_args=None, **module_args):
     from anyseq.data.datamodule import ShardDataModule
     from anyseq.training import AnySeqModule
 
@@ -86,13 +88,15 @@ def final_loss(root, steps, resume_from=None, ckpt_dir=None, save_at=None, save_
         def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
             losses.append(float(outputs["loss"]))
 
-    trainer = L.Trainer(accelerator="cpu", max_steps=steps, logger=False, enable_progress_bar=False,
-                        enable_checkpointing=bool(save_at), callbacks=[*callbacks, Record()], limit_val_batches=0,
-                        deterministic=True, enable_model_summary=False)
+    trainer = L.Trainer(**{"accelerator": "cpu", "max_steps": steps, "logger": False, "enable_progress_bar": False,
+                           "enable_checkpointing": bool(save_at), "callbacks": [*callbacks, Record()],
+                           "limit_val_batches": 0, "deterministic": True, "enable_model_summary": False,
+                           **(trainer_args or {})})
     # the schedule's length is fixed, so a run stopped at step 4 follows the same learning rates
     module = AnySeqModule(**{"preset": "tiny", "lr": 1e-3, "warmup_steps": 2, "max_steps": 8,
                              "model_overrides": {"dropout": 0.1}, **module_args})
-    data = ShardDataModule(train=[str(root / "shards")], seq_len=32, batch_size=4, num_workers=0)
+    data = ShardDataModule(**{"train": [str(root / "shards")], "seq_len": 32, "batch_size": 4, "num_workers": 0,
+                              **(data_args or {})})
     trainer.fit(module, datamodule=data, ckpt_path=resume_from)
     if save_end:
         trainer.save_checkpoint(save_end)
@@ -148,6 +152,43 @@ def test_throughput_prints_one_metrics_line_per_interval(text_data, capsys):
         assert "loss" in line and "tokens/s" in line and "TFLOP/s" in line and "MFU" not in line
 
 
+def test_throughput_counts_optimizer_steps_and_leaves_validation_out(text_data, capsys, monkeypatch):
+    """With two micro-batches per optimizer step, an interval of two steps is four micro-batches
+    and one line; the validation between intervals is not training time. On a fake clock, each
+    micro-batch takes 1 s and each validation batch 100 s: every line reads one micro-batch's
+    4 x 32 tokens per second."""
+    from anyseq import throughput
+
+    clock = [0.0]
+    monkeypatch.setattr(throughput, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    class Clock(L.Callback):
+        def on_train_batch_end(self, *args):
+            clock[0] += 1
+
+        def on_validation_batch_end(self, *args):
+            clock[0] += 100
+
+    final_loss(text_data[0], 4, callbacks=[Clock(), throughput.Throughput(log_every=2)], data_args={
+        "val": [str(text_data[0] / "shards")]}, trainer_args={
+        "accumulate_grad_batches": 2, "val_check_interval": 4, "limit_val_batches": 1, "num_sanity_val_steps": 1})
+    lines = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert [(line[1], line[line.index("tokens/s") + 1]) for line in lines] == [("2", "128"), ("4", "128")]
+
+
+@pytest.mark.parametrize("name, peak", [
+    ("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H100 NVL", 835e12),
+    ("NVIDIA H200", 989e12), ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA L4", 121e12), ("NVIDIA L40", 181e12),
+    ("NVIDIA L40S", 362e12), ("NVIDIA GeForce RTX 3090", None),
+])
+def test_a_gpus_peak_flops_come_from_its_most_specific_entry(monkeypatch, name, peak):
+    """An L40 is no L4 and an H100 NVL no H100 SXM; a card not in the table gets no MFU."""
+    from anyseq.throughput import peak_flops
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert peak_flops(torch.device("cuda")) == peak
+
+
 def test_resume_after_a_run_stopped_by_max_steps_is_exact(text_data, tmp_path):
     """Lightning counts the unfinished epoch of a run stopped by max_steps as done, and numbers
     the rest of it as the next epoch when resumed: the data still continue where they stopped."""
@@ -181,7 +222,8 @@ def test_fine_tuning_starts_from_the_checkpoint(text_data, tmp_path):
 
 def test_fine_tuning_onto_a_larger_token_space_carries_the_rows_that_mean_the_same():
     """Adding audio and taller images to a text+image model: every shared range's rows (moved
-    to their new ids) and every body weight come from the checkpoint, the new rows start fresh."""
+    to their new ids), the padding rows and every body weight come from the checkpoint, the new
+    rows start fresh."""
     from anyseq.checkpoint import init_from_checkpoint
     from anyseq.config import ModelConfig
     from anyseq.model import Transformer
@@ -210,11 +252,38 @@ def test_fine_tuning_onto_a_larger_token_space_carries_the_rows_that_mean_the_sa
         assert torch.equal(got[h_new.start + 8 : h_new.stop], fresh[h_new.start + 8 : h_new.stop])
         audio = slice(new.ranges["audio/0"].start, new.ranges["audio/1"].stop)
         assert torch.equal(got[audio], fresh[audio])
+        assert new.size - new.num_valid == 20 and torch.equal(got[new.num_valid :], had[old.num_valid : old.num_valid + 20])
     assert torch.equal(target.layers[1].attention.wq.weight, source.layers[1].attention.wq.weight)
     with torch.device("meta"):
         unmade = Transformer(config.with_vocab(new.size))
     with pytest.raises(ValueError, match="meta device"):
         init_from_checkpoint(unmade, new, ckpt, "test")
+
+
+def test_fine_tuning_starts_from_the_checkpoints_exact_probabilities():
+    """Padding ids are never targets, but their logits count in the softmax: carried with the
+    rest, the fine-tuned model's log-probabilities are the checkpoint's before any step. A space
+    with more padding rows than the checkpoint's repeats its rows."""
+    from anyseq.checkpoint import init_from_checkpoint
+    from anyseq.config import ModelConfig
+    from anyseq.model import Transformer
+    from anyseq.vocab import TokenSpace
+
+    space, wider = TokenSpace(300), TokenSpace(300, pad_to_multiple=1024)
+    config = ModelConfig.from_preset("tiny")
+    torch.manual_seed(0)
+    source = Transformer(config.with_vocab(space.size)).eval()
+    ckpt = {"anyseq": {"model_config": source.config.to_dict(), "token_space": space.to_dict()},
+            "state_dict": {f"model.{k}": v for k, v in source.state_dict().items()}}
+    torch.manual_seed(1)
+    tuned, widened = Transformer(config.with_vocab(space.size)).eval(), Transformer(config.with_vocab(wider.size))
+    init_from_checkpoint(tuned, space, ckpt, "test")
+    ids = torch.randint(0, space.num_valid, (2, 24))
+    with torch.no_grad():
+        torch.testing.assert_close(tuned.logits(tuned(ids)).log_softmax(-1), source.logits(source(ids)).log_softmax(-1))
+    init_from_checkpoint(widened, wider, ckpt, "test")
+    trained, rows = source.output.weight[space.num_valid :], widened.output.weight[wider.num_valid :]
+    assert (len(trained), len(rows)) == (40, 552) and torch.equal(rows, trained.repeat(14, 1)[:552])
 
 
 def test_two_process_ddp_on_cpu(text_data, tmp_path):
@@ -259,9 +328,9 @@ def test_fit_from_python_with_a_command_line_present_does_not_warn(text_data, mo
 
 def test_unknown_config_key_is_named(text_data, capsys):
     root, _ = text_data
-    with pytest.raises(SystemExit):
-        anyseq(fit_args(root, 1, ["--model.init_args.learning_rate=0.1"]))
-    assert "learning_rate" in capsys.readouterr().err
+    assert anyseq(fit_args(root, 1, ["--model.init_args.learning_rate=0.1"])) == 2
+    err = capsys.readouterr().err
+    assert "learning_rate" in err and err.endswith("see `anyseq fit --help`\n") and "usage:" not in err
 
 
 @pytest.mark.parametrize("setting, says", [
@@ -269,12 +338,83 @@ def test_unknown_config_key_is_named(text_data, capsys):
     ("--model.init_args.preset=smal", "unknown model preset 'smal'; choose one of ['100m'"),
     ("--data.init_args.seq_len=4096", "data seq_len=4096 is longer than the model's max_seq_len=256: lower"),
     ("--ckpt_path={nope}", "Checkpoint file not found"),
-], ids=["shards", "preset", "seq_len", "ckpt_path"])
+    ("--model.init_args.lr=-1", "AnySeqModule: lr=-1.0 (must be > 0)"),
+    ("--model.init_args.model_overrides={{n_layer: 3}}", "model_overrides has unknown fields ['n_layer']; ModelConfig's"),
+], ids=["shards", "preset", "seq_len", "ckpt_path", "lr", "model_overrides"])
 def test_a_bad_setting_ends_fit_in_one_line_that_names_it(text_data, tmp_path, capsys, setting, says):
     root, _ = text_data
     assert anyseq(fit_args(root, 1, [setting.format(nope=tmp_path / "nope")])) == 2
     err = capsys.readouterr().err
     assert f"anyseq fit: error: {says.format(nope=tmp_path / 'nope')}" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("setting, says", [
+    ({"lr": 0.0}, "lr=0.0 (must be > 0)"),
+    ({"weight_decay": -0.1}, "weight_decay=-0.1 (must be >= 0)"),
+    ({"betas": (0.9, 1.0)}, "betas=(0.9, 1.0) (must be two numbers in [0, 1))"),
+    ({"betas": (-0.1, 0.95)}, "betas=(-0.1, 0.95)"),
+    ({"lr": -1, "warmup_steps": -5}, "lr=-1 (must be > 0); warmup_steps=-5 (must be >= 0)"),
+    ({"max_steps": 0}, "max_steps=0"),
+    ({"min_lr_ratio": 1.5}, "min_lr_ratio=1.5 (must be in [0, 1])"),
+    ({"z_loss": -1e-4}, "z_loss=-0.0001"),
+    ({"model_overrides": {"n_layer": 3}}, "model_overrides has unknown fields ['n_layer']; ModelConfig's fields are"),
+])
+def test_a_bad_module_setting_is_refused_at_construction_by_name(setting, says):
+    from anyseq.training import AnySeqModule
+
+    with pytest.raises(ValueError, match=re.escape(says)):
+        AnySeqModule(**setting)
+
+
+def test_weight_decay_skips_every_norm_and_bias_qk_norm_included():
+    """Only the weights of linear maps and embeddings decay; QK-norm's per-head weight is 2-D,
+    and a norm all the same."""
+    from anyseq.config import ModelConfig
+    from anyseq.model import Transformer
+    from anyseq.training import AnySeqModule
+
+    module = AnySeqModule(max_steps=10, model_overrides={"qk_norm": True})
+    module.model = Transformer(ModelConfig.from_preset("tiny", qk_norm=True).with_vocab(64))
+    names = {id(p): name for name, p in module.model.named_parameters()}
+    decay, plain = module.configure_optimizers()["optimizer"].param_groups
+    assert decay["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert {names[id(p)] for p in plain["params"]} == {name for name in names.values() if "norm" in name}
+    assert {"layers.0.attention.q_norm.weight", "layers.0.attention.k_norm.bias"} <= {names[id(p)] for p in plain["params"]}
+    assert all(names[id(p)].endswith(("embeddings.weight", ".w1.weight", ".w2.weight", ".w3.weight", "wq.weight",
+                                      "wk.weight", "wv.weight", "wo.weight", "output.weight")) for p in decay["params"])
+
+
+def test_a_training_step_waits_for_the_device_once(text_data, monkeypatch):
+    """Which modalities have targets (their losses are logged where they have some) is one read
+    of the device per step; nothing else AnySeqModule does in a step makes the host wait for it.
+    (The loss kernel's check of its targets is the kernel's own.)"""
+    from anyseq.training import AnySeqModule
+
+    reads, stepping = [], []
+
+    def counted(name):
+        read = getattr(torch.Tensor, name)
+
+        def counting(self, *args):
+            if stepping and sys._getframe(1).f_globals.get("__name__") == "anyseq.training":
+                reads.append(name)
+            return read(self, *args)
+        return counting
+
+    for name in ("__bool__", "__int__", "__float__", "item", "tolist"):
+        monkeypatch.setattr(torch.Tensor, name, counted(name))
+    training_step = AnySeqModule.training_step
+
+    def step(self, batch, batch_idx):
+        stepping.append(batch_idx)
+        try:
+            return training_step(self, batch, batch_idx)
+        finally:
+            stepping.clear()
+
+    monkeypatch.setattr(AnySeqModule, "training_step", step)
+    final_loss(text_data[0], 2)
+    assert reads == ["tolist", "tolist"]
 
 
 def test_a_bug_in_training_keeps_its_traceback(text_data, monkeypatch):
