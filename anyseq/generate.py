@@ -8,16 +8,21 @@ it always decodes), and the result is written as .txt / .png / .gif|.mp4 / .wav 
 per sample in ``samples.jsonl``.
 
 Many prompts at once: ``--prompts FILE`` reads one record per line in the manifest's format
-(``{"text": ...}``, ``{"image": "a.png"}``, ``{"segments": [...]}``), and the rows (prompt x
-sample) are sampled in fixed batches of ``--batch-size``, each seeded from ``(seed, batch)``. A
-batch is the unit of work: a rerun into the same folder skips the batches whose samples
-``samples.jsonl`` already records with the same checkpoint and settings, and what it samples
-again equals what an uninterrupted run would have written.
+(``{"text": ...}``, ``{"image": "a.png"}``, ``{"segments": [...]}``), and the rows (each
+prompt's first sample, then each one's second...) are sampled in batches of ``--batch-size``.
+Each row draws from a seed of its own, made from ``(seed, prompt name, sample)``, not from its
+batch. A rerun into the same folder samples again only the batches holding a row that
+``samples.jsonl`` has no finished record of, and writes those rows as an uninterrupted run
+would have; with another --num-samples or --batch-size it keeps what is there too (exactly the
+same samples on a CPU; a GPU may round a row differently in another batch). A folder whose
+records claim the files for other settings (or another prompt) is refused: its files keep one
+meaning, and their names stay ``{to}_{seed}_{name}_{sample}``.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import re
 import sys
@@ -47,12 +52,14 @@ DEFAULTS = {
 
 
 # -- prompt: media -> segments ----------------------------------------------------------------
-def _resize(x: torch.Tensor, size: int | None) -> torch.Tensor:
+def _squared(pixels: np.ndarray, size: int | None) -> np.ndarray:
+    """uint8 (H, W, 3) or (T, H, W, 3) prepared as ``anyseq tokenize-dataset`` prepares training
+    media, the model's only kind: the centre square resized to ``size``; as is without a size."""
+    from anyseq.data.prepare import resize_crop
+
     if size is None:
-        return x
-    flat = x.reshape(-1, *x.shape[-3:]) if x.ndim == 4 else x[None]
-    out = torch.nn.functional.interpolate(flat, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return out.reshape(*x.shape[:-2], size, size)
+        return pixels
+    return resize_crop(pixels, size) if pixels.ndim == 3 else np.stack([resize_crop(f, size) for f in pixels])
 
 
 def encode_prompt(
@@ -69,15 +76,14 @@ def encode_prompt(
     tok = bundle.tokenizer(MEDIA_TOKENIZER[kind])
     device = bundle.model.tok_embeddings.weight.device
     if kind == "image":
-        x = torch.as_tensor(media.image_to_tensor(media.read_image(value) if is_path else value))  # (3, H, W)
-        x = crop_to_multiple(_resize(x, image_size), tok.compression["height"])
+        image = _squared(np.asarray(media.read_image(value) if is_path else value), image_size)
+        x = crop_to_multiple(torch.as_tensor(media.image_to_tensor(image)), tok.compression["height"])  # (3, H, W)
         return Segment("image", tok.encode(x[None].to(device))[0].cpu().numpy())
     if kind == "video":
         frames = media.read_video(value, max_frames=video_frames)[0] if is_path else value
         ft = tok.compression.get("time", 1)
-        frames = frames[: 1 + (len(frames) - 1) // ft * ft]  # causal tokenizers take 1 + k*ft frames
-        x = torch.as_tensor(media.video_to_tensor(frames))  # (3, T, H, W)
-        x = crop_to_multiple(_resize(x.transpose(0, 1), image_size).transpose(0, 1), tok.compression["height"])
+        frames = _squared(np.asarray(frames[: 1 + (len(frames) - 1) // ft * ft]), image_size)  # causal: 1 + k*ft
+        x = crop_to_multiple(torch.as_tensor(media.video_to_tensor(frames)), tok.compression["height"])  # (3, T, H, W)
         return Segment("video", tok.encode(x[None].to(device))[0].cpu().numpy())
     samples = media.read_audio(value, sample_rate=tok.sample_rate)[0] if is_path else value
     wav = torch.as_tensor(samples, dtype=torch.float32)[None, None].to(device)
@@ -91,46 +97,87 @@ def prompt_ids(bundle: Bundle, segments: list[Segment]) -> list[int]:
 
 @dataclass
 class Prompt:
-    """One prompt: its segments as (kind, text or path), and the name its output files carry."""
+    """One prompt: its segments as (kind, text or path), the name its output files carry, and
+    where it was given, so that a medium that cannot be encoded is named where it was asked for."""
 
     segments: list[tuple[str, Any]]
     name: str | None = None  # None: the command line's prompt (files ``{to}_{seed}_{i}``)
+    where: str | None = None  # FILE:LINE of a --prompts record; None: the command line's flags
+
+
+def read_input(path: str | Path, flag: str, expected: str) -> bytes:
+    """The bytes of a file a flag names, or a one-line error saying why it cannot be read."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise ValueError(f"{flag} {path}: {(err.strerror or 'cannot be read').lower()}; expected {expected}") from None
+
+
+def read_text_file(path: str | Path) -> str:
+    """``--text-file``: UTF-8 (a leading byte-order mark, as Windows editors write, is dropped)."""
+    data = read_input(path, "--text-file", "a UTF-8 text file")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"--text-file {path}: not UTF-8 (byte 0x{data[err.start]:02x} at offset {err.start}); "
+                         "expected a UTF-8 text file") from None
 
 
 def read_prompts(path: str | Path, keep: list[str] | None = None) -> list[Prompt]:
     """The prompts of a JSONL file (manifest records; media paths relative to the file), with
-    only the ``keep`` modalities of each record if given (a held-out manifest's captions, say)."""
+    only the ``keep`` modalities of each record if given (a held-out manifest's captions, say).
+    Every media file must be there and readable now, not only when its batch comes."""
     from anyseq.data.manifest import RecordError, parse_record
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--prompts {path}: file not found")
+    data = read_input(path, "--prompts", 'a JSONL file, one record per line, e.g. {"text": "a red circle"}')
     prompts, names = [], {}
-    with path.open("rb") as f:
-        for line, raw in enumerate(f, 1):
-            try:
-                record = parse_record(raw, line, path.resolve().parent)
-            except RecordError as e:
-                raise ValueError(f"{path}:{line}: {e.reason}") from None
-            if record is None:
-                continue
-            if keep:
-                record.parts = [p for p in record.parts if p.modality in keep]
-                if not record.parts:
-                    raise ValueError(f"{path}:{line}: no {' or '.join(keep)} segment to keep (--keep)")
-            for part in record.parts:
-                if part.path is not None and not part.path.is_file():
-                    raise FileNotFoundError(f"{path}:{line}: {part.modality} file {part.path} not found")
-            name = re.sub(r"[^\w-]", "_", record.id) if record.id is not None else f"line{line}"
-            if name in names:
-                raise ValueError(f"{path}:{line}: id {record.id!r} names line {names[name]}'s files too; "
-                                 "ids must differ")
-            names[name] = line
-            segments = [(p.modality, p.text if p.path is None else str(p.path)) for p in record.parts]
-            prompts.append(Prompt(segments, name))
+    for line, raw in enumerate(io.BytesIO(data), 1):
+        try:
+            record = parse_record(raw, line, path.resolve().parent)
+        except RecordError as e:
+            raise ValueError(f"{path}:{line}: {e.reason}") from None
+        if record is None:
+            continue
+        if keep:
+            record.parts = [p for p in record.parts if p.modality in keep]
+            if not record.parts:
+                raise ValueError(f"{path}:{line}: no {' or '.join(keep)} segment to keep (--keep)")
+        for part in record.parts:
+            if part.path is not None:
+                try:
+                    part.path.open("rb").close()
+                except OSError as err:
+                    reason = (err.strerror or "cannot be read").lower()
+                    raise ValueError(f"{path}:{line}: {part.modality} file {part.path}: {reason}") from None
+        name = re.sub(r"[^\w-]", "_", record.id) if record.id is not None else f"line{line}"
+        if name in names:
+            who = f"id {record.id!r}" if record.id is not None else "a record without an id"
+            raise ValueError(f"{path}:{line}: {who} names its files {name!r}, as line {names[name]} does; "
+                             'give each record an "id" of its own')
+        names[name] = line
+        segments = [(p.modality, p.text if p.path is None else str(p.path)) for p in record.parts]
+        prompts.append(Prompt(segments, name, f"{path}:{line}"))
     if not prompts:
         raise ValueError(f"{path}: no prompts; expected one JSON record per line, e.g. {{\"text\": \"a red circle\"}}")
     return prompts
+
+
+def encode_prompt_ids(bundle: Bundle, prompt: Prompt, image_size: int | None, video_frames: int | None) -> list[int]:
+    """The ids of a :class:`Prompt`; a medium that cannot be encoded is an error naming the flag
+    or the ``--prompts`` line that gave it, and the file."""
+    from anyseq.media import MediaError
+
+    segments = []
+    for kind, value in prompt.segments:
+        bundle.tokenizer(MEDIA_TOKENIZER[kind])  # the tokenizer's own errors name the tokenizer, not this prompt
+        try:
+            segments.append(encode_prompt(bundle, kind, value, image_size, video_frames))
+        except ValueError as err:
+            reason = str(err).removeprefix(f"{err.path}: ") if isinstance(err, MediaError) else str(err)
+            where = f"{prompt.where}: {kind} {value}" if prompt.where else f"--{kind} {value}"
+            raise ValueError(f"{where}: {reason}") from None
+    return prompt_ids(bundle, segments)
 
 
 # -- target: modality -> constraint -------------------------------------------------------------
@@ -168,9 +215,12 @@ def make_target(
     ``any``, media without a size are free (up to the token space's largest), and the budget
     holds ``max_text_tokens`` of text beside the longest medium.
     """
+    most = bundle.space.max_shape  # the largest grid its shape tokens can state
     if wrong := out_of_range(  # each would sample a shape nobody asked for (a 0 height was taken as 'free')
         ("--height", height, height is None or height >= 1, "at least 1 token"),
+        ("--height", height, height is None or height <= most["h"], f"<= {most['h']} for this checkpoint"),
         ("--width", width, width is None or width >= 1, "at least 1 token"),
+        ("--width", width, width is None or width <= most["w"], f"<= {most['w']} for this checkpoint"),
         ("--frames", frames, frames >= 1, "at least 1"),
         ("--seconds", seconds, seconds > 0, "above 0"),
         ("--max-text-tokens", max_text_tokens, max_text_tokens >= 1, "at least 1"),
@@ -205,7 +255,13 @@ def target_for(bundle: Bundle, args: argparse.Namespace) -> Target:
                 raise ValueError(f"{flag} {px} is less than one token: the visual tokenizer makes a token of {f} pixels")
         height = height if height is not None else (args.height_px // f if args.height_px else None)
         width = width if width is not None else (args.width_px // f if args.width_px else None)
-    return make_target(bundle, args.to, height, width, args.frames, args.seconds, args.max_text_tokens)
+    target = make_target(bundle, args.to, height, width, args.frames, args.seconds, args.max_text_tokens)
+    if args.to in ("video", "any") and "video" in bundle.serializer.grammars:
+        ft = bundle.tokenizer("visual").compression.get("time", 1)
+        if (used := 1 + (args.frames - 1) // ft * ft) != args.frames:
+            print(f"[generate] --frames {args.frames} floored to {used}: the visual tokenizer makes videos of "
+                  f"1 + k * {ft} frames", file=sys.stderr)
+    return target
 
 
 def constraint_for(bundle: Bundle, target: Target) -> Constraint:
@@ -221,7 +277,7 @@ def write_segment(bundle: Bundle, segment: Segment, stem: Path, video_format: st
 
     if segment.modality == "text":
         path = stem.with_suffix(".txt")
-        path.write_text(bundle.tokenizer("text").decode(list(segment.value)))
+        path.write_text(bundle.tokenizer("text").decode(list(segment.value)), encoding="utf-8")
         return path
     tok = bundle.tokenizer(MEDIA_TOKENIZER[segment.modality])
     device = bundle.model.tok_embeddings.weight.device
@@ -288,11 +344,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--width", type=int, help="image/video width in tokens")
     s.add_argument("--height-px", type=int, help="image/video height in pixels (divided by the tokenizer's factor)")
     s.add_argument("--width-px", type=int, help="image/video width in pixels")
-    s.add_argument("--frames", type=int, default=5, help="video frames (rounded to 1 + k * temporal factor)")
+    s.add_argument("--frames", type=int, default=5, help="video frames (floored to 1 + k * temporal factor)")
     s.add_argument("--seconds", type=float, default=1.0, help="audio length")
     s.add_argument("--max-text-tokens", type=int, default=64,
                    help="longest text answer (for any: text beside the media)")
-    s.add_argument("--image-size", type=int, help="resize prompt images/videos to this square size first")
+    s.add_argument("--image-size", type=int,
+                   help="crop prompt images/videos to their centre square and resize it to this size, as "
+                        "`anyseq tokenize-dataset --image-size` prepares training data")
     s.add_argument("--video-frames", type=int, help="read at most this many prompt video frames")
     k = p.add_argument_group("sampling (defaults depend on --to)")
     k.add_argument("--temperature", type=float, help="0 = greedy")
@@ -301,11 +359,12 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("--cfg", type=float, help="classifier-free guidance scale (1 = off)")
     k.add_argument("--num-samples", type=int, default=1, help="samples per prompt")
     k.add_argument("--batch-size", type=int, default=8,
-                   help="rows (prompt x sample) per sampling call, twice that with CFG; a rerun resumes by batch")
-    k.add_argument("--seed", type=int, default=0, help="with --batch-size, fixes every sample")
+                   help="rows (prompt x sample) per sampling call, twice that with CFG")
+    k.add_argument("--seed", type=int, default=0, help="fixes every sample (each draws from (seed, prompt, sample))")
     k.add_argument("--no-cache", action="store_true", help="recompute the whole sequence each step (for comparison)")
     o = p.add_argument_group("output")
-    o.add_argument("--out", default="samples", help="output folder (files + samples.jsonl)")
+    o.add_argument("--out", default="samples",
+                   help="output folder (files + samples.jsonl); a rerun with the same settings resumes it")
     o.add_argument("--stdout", action="store_true", help="also print text outputs")
     o.add_argument("--video-format", choices=["gif", "mp4"], default="gif", help="file format of videos")
     o.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="where the models run")
@@ -328,13 +387,16 @@ def generate_ids(
     prompts: list[list[int]],
     target: Target,
     options: SamplingOptions,
-    seed: int = 0,
+    seed: int | list[int] = 0,
     use_cache: bool = True,
 ) -> tuple[list[list[int]], float]:
-    """Sample one target per prompt (same modality and shape); returns new ids and seconds."""
+    """Sample one target per prompt (same modality and shape); returns new ids and seconds.
+
+    ``seed``: one stream for the whole batch, or each row's own seed (a list), so that a row's
+    sample does not depend on the rows beside it.
+    """
     space = bundle.space
     uncond = [[space.special("<bos>")] + [space.special("<uncond>")] * (len(p) - 1) for p in prompts]
-    torch.manual_seed(seed)
     start = time.perf_counter()
     outputs = sample(
         bundle.model,
@@ -345,35 +407,71 @@ def generate_ids(
         uncond_prompts=uncond if options.cfg_scale != 1.0 else None,
         max_new_tokens=target.max_tokens,
         use_cache=use_cache,
-        generator=torch.Generator().manual_seed(seed),
+        generator=[torch.Generator().manual_seed(s) for s in seed] if isinstance(seed, list)
+        else torch.Generator().manual_seed(seed),
     )
     return outputs, time.perf_counter() - start
 
 
-def batch_seed(seed: int, batch: int) -> int:
-    """Each batch's own seed: independent streams for every (seed, batch) pair."""
-    return int(np.random.SeedSequence([seed, batch]).generate_state(1)[0])
+def sample_seed(seed: int, name: str | None, sample: int) -> int:
+    """The seed of one sample of a prompt: independent streams for every (seed, prompt name,
+    sample); the command line's unnamed prompt draws (seed, sample), so its first sample is
+    what one batch seeded (seed, 0) drew before samples had seeds of their own."""
+    words = [seed, sample] + ([int.from_bytes(name.encode(), "little")] if name else [])
+    return int(np.random.SeedSequence(words).generate_state(1)[0])
 
 
-def _finished(log: Path, settings: dict[str, Any]) -> dict[str, dict]:
-    """Records of ``samples.jsonl`` made with these settings whose files exist, by file stem."""
-    if not log.exists():
-        return {}
-    settings = json.loads(json.dumps(settings))  # compare as stored (tuples become lists)
-    done = {}
-    for line in log.read_text().splitlines():
+OUTPUT_SUFFIXES = (".txt", ".png", ".gif", ".mp4", ".wav")
+
+
+def _unfinished(out_dir: Path, wanted: dict[str, list], settings: dict[str, Any]) -> set[str]:
+    """The file stems of ``wanted`` (stem -> its prompt as recorded) with no finished sample in
+    ``samples.jsonl``: none recorded, or a file of its last record gone.
+
+    A stem whose last record has other settings or another prompt is an error: sampling it
+    here would overwrite the files that record claims.
+    """
+    log, claims = out_dir / "samples.jsonl", {}
+    for n, line in enumerate(log.read_bytes().splitlines() if log.is_file() else [], 1):
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:  # the line being written when a run was killed
+        except ValueError:  # the line being written when a run was killed
             continue
-        if all(record.get(k) == v for k, v in settings.items()) and all(Path(f).exists() for f in record["files"]):
-            done[record["stem"]] = record
-    return done
+        if isinstance(record, dict) and "stem" in record:
+            claims[Path(record["stem"]).name] = (n, record)  # by name: the folder may be named another way now
+    stored = json.loads(json.dumps(settings))  # compare as stored (tuples become lists)
+    todo = set()
+    for stem, prompt in wanted.items():
+        if stem not in claims:
+            todo.add(stem)
+            continue
+        n, record = claims[stem]
+        other = [f"{k} {record[k]!r} there, now {v!r}" if k in record else f"{k} unrecorded there"
+                 for k, v in stored.items() if record.get(k, ...) != v]
+        other += ["another prompt"] if record.get("prompt") != prompt else []
+        if other:
+            raise ValueError(f"--out {out_dir}: {log.name}:{n} made {stem} with other settings ({'; '.join(other)}), "
+                             "and this run would overwrite its files; give a new --out for these settings")
+        if not all((out_dir / Path(f).name).exists() for f in record.get("files", [])):
+            todo.add(stem)
+    return todo
+
+
+def _earlier_files(out_dir: Path, to: str) -> dict[str, list[Path]]:
+    """The output files in ``out_dir`` by the stem of the sample that wrote them (for ``any``,
+    ``{stem}_{j}`` is its segment j): a sample sampled again first removes what an earlier try left,
+    which a killed run never recorded or a record no longer lists (an ``any`` record of fewer segments)."""
+    pattern = re.compile(r"(.+)_\d+" if to == "any" else r"(.+)")
+    files: dict[str, list[Path]] = {}
+    for path in out_dir.iterdir():
+        if path.suffix in OUTPUT_SUFFIXES and (match := pattern.fullmatch(path.stem)):
+            files.setdefault(match[1], []).append(path)
+    return files
 
 
 def _open_log(path: Path):
     """``samples.jsonl`` for appending, on a fresh line: a killed run may have left half of one."""
-    log = path.open("a")
+    log = path.open("a", encoding="utf-8")
     if log.tell():
         with path.open("rb") as f:
             f.seek(-1, 2)
@@ -396,13 +494,21 @@ def parse_device(name: str) -> torch.device:
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     if args.prompts and args.prompt:
         raise ValueError("give the prompt as --text/--image/--video/--audio or as --prompts FILE, not both")
-    if wrong := out_of_range(("--num-samples", args.num_samples, args.num_samples >= 1, "at least 1"),
-                             ("--batch-size", args.batch_size, args.batch_size >= 1, "at least 1")):
+    if wrong := out_of_range(
+        ("--num-samples", args.num_samples, args.num_samples >= 1, "at least 1"),
+        ("--batch-size", args.batch_size, args.batch_size >= 1, "at least 1"),
+        ("--seed", args.seed, args.seed >= 0, "at least 0"),
+        ("--image-size", args.image_size, args.image_size is None or args.image_size >= 1, "at least 1 pixel"),
+        ("--video-frames", args.video_frames, args.video_frames is None or args.video_frames >= 1, "at least 1"),
+    ):
         raise ValueError(wrong)
     if args.keep and not args.prompts:
         raise ValueError("--keep selects segments of --prompts FILE records; there is no --prompts")
+    out_dir = Path(args.out)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir}: a file, not a folder; expected a folder for the samples (made if missing)")
     prompts = read_prompts(args.prompts, args.keep) if args.prompts else [Prompt(
-        [("text", Path(v).read_text()) if kind == "text_file" else (kind, v) for kind, v in (args.prompt or [])])]
+        [("text", read_text_file(v)) if kind == "text_file" else (kind, v) for kind, v in (args.prompt or [])])]
     options = sampling_options(args)  # checked before minutes of loading a large model
     device = parse_device(args.device)
     dtype = args.dtype or ("bfloat16" if device.type == "cuda" else "float32")
@@ -413,53 +519,57 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         tokenizer_paths={"text": args.text_tokenizer, "visual": args.visual_tokenizer, "audio": args.audio_tokenizer},
     )
     target = target_for(bundle, args)
-    settings = {  # what makes two runs' samples the same: a rerun with all of them equal resumes
-        "checkpoint": str(args.checkpoint), "checkpoint_mtime": Path(args.checkpoint).stat().st_mtime,
-        "to": args.to, "options": asdict(options), "shape": target.shape, "seed": args.seed,
-        "batch_size": args.batch_size, "kv_cache": not args.no_cache, "dtype": dtype,
+    settings = {  # all that makes a sample besides its prompt and seed: a rerun with all of them equal resumes
+        "checkpoint": str(Path(args.checkpoint).resolve()), "checkpoint_mtime": Path(args.checkpoint).stat().st_mtime,
+        "to": args.to, "options": asdict(options), "shape": target.shape, "max_tokens": target.max_tokens,
+        "seed": args.seed, "image_size": args.image_size, "video_frames": args.video_frames,
+        "video_format": args.video_format, "kv_cache": not args.no_cache, "dtype": dtype, "device": device.type,
     }  # fmt: skip
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log_path = out_dir / "samples.jsonl"
-    done = _finished(log_path, settings)
-    rows = [(p, i) for p in prompts for i in range(args.num_samples)]
-    batches = [rows[k : k + args.batch_size] for k in range(0, len(rows), args.batch_size)]
-    encoded: dict[int, list[int]] = {}  # prompt ids, each prompt encoded once
 
-    def stem(prompt: Prompt, i: int) -> Path:
-        return out_dir / "_".join([args.to, str(args.seed), *([prompt.name] if prompt.name else []), f"{i:03d}"])
+    def stem(prompt: Prompt, i: int) -> str:
+        return "_".join([args.to, str(args.seed), *([prompt.name] if prompt.name else []), f"{i:03d}"])
 
     def described(prompt: Prompt) -> list[dict[str, Any]]:
         return [{"kind": kind, "value": v} for kind, v in prompt.segments]
 
-    def finished(prompt: Prompt, i: int) -> bool:
-        record = done.get(str(stem(prompt, i)))
-        return record is not None and record["prompt"] == described(prompt)
-
-    records, new_tokens, seconds, skipped = [], 0, 0.0, 0
-    with _open_log(log_path) as log:
+    rows = [(p, i) for i in range(args.num_samples) for p in prompts]  # more samples: more batches at the end
+    unfinished = _unfinished(out_dir, {stem(p, i): described(p) for p, i in rows}, settings)
+    kept = len(rows) - len(unfinished)
+    # A batch is the unit of work: one with a sample to make is sampled whole, so that a rerun of
+    # the same command draws each sample beside the same rows as an uninterrupted run (on a GPU,
+    # kernels may round a row differently in another batch).
+    batches = [rows[k : k + args.batch_size] for k in range(0, len(rows), args.batch_size)]
+    batches = [batch for batch in batches if any(stem(p, i) in unfinished for p, i in batch)]
+    encoded: dict[int, list[int]] = {}  # every prompt to sample, encoded once and before the first sample
+    for p, _ in (row for batch in batches for row in batch):
+        if id(p) not in encoded:
+            encoded[id(p)] = encode_prompt_ids(bundle, p, args.image_size, args.video_frames)
+    log_path = out_dir / "samples.jsonl"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        log = _open_log(log_path)
+    except OSError as err:
+        raise ValueError(f"--out {out_dir}: cannot write there ({(err.strerror or str(err)).lower()}); "
+                         "expected a folder this user may write in") from None
+    earlier = _earlier_files(out_dir, args.to)
+    records, new_tokens, seconds = [], 0, 0.0
+    with log:
         for b, batch in enumerate(batches):
-            if all(finished(p, i) for p, i in batch):
-                skipped += len(batch)
-                continue
-            for p, _ in batch:
-                if id(p) not in encoded:
-                    segments = [encode_prompt(bundle, kind, v, args.image_size, args.video_frames)
-                                for kind, v in p.segments]
-                    encoded[id(p)] = prompt_ids(bundle, segments)
             outputs, took = generate_ids(bundle, [encoded[id(p)] for p, _ in batch], target, options,
-                                         batch_seed(args.seed, b), use_cache=not args.no_cache)
+                                         [sample_seed(args.seed, p.name, i) for p, i in batch],
+                                         use_cache=not args.no_cache)
             seconds += took
             new_tokens += sum(len(o) for o in outputs)
             for (p, i), ids in zip(batch, outputs):
-                if finished(p, i):  # written before an interruption; sampled again identically
+                if stem(p, i) not in unfinished:  # finished before: drawn again only beside the others
                     continue
-                paths = decode_output(bundle, args.to, ids, stem(p, i), args.video_format)
+                for path in earlier.get(stem(p, i), []):
+                    path.unlink(missing_ok=True)
+                paths = decode_output(bundle, args.to, ids, out_dir / stem(p, i), args.video_format)
                 record = {
                     **({"file": str(paths[0])} if args.to != "any" else {}),
-                    "files": [str(path) for path in paths], "stem": str(stem(p, i)), **settings,
-                    "prompt": described(p),
-                    "sample": i, "batch": b, "prompt_tokens": len(encoded[id(p)]), "new_tokens": len(ids),
+                    "files": [str(path) for path in paths], "stem": str(out_dir / stem(p, i)), **settings,
+                    "prompt": described(p), "sample": i, "prompt_tokens": len(encoded[id(p)]), "new_tokens": len(ids),
                     "seconds": round(took, 4),
                 }  # fmt: skip
                 log.write(json.dumps(record) + "\n")
@@ -467,12 +577,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                 if args.stdout:
                     for path in paths:
                         if path.suffix == ".txt":
-                            print(path.read_text())
+                            print(path.read_text(encoding="utf-8"))
             log.flush()
             if len(batches) > 1:
                 print(f"[generate] batch {b + 1}/{len(batches)}: {len(batch)} samples in {took:.2f} s", file=sys.stderr)
     cfg = " plus as many CFG twins" if options.cfg_scale != 1 else ""
-    resumed = f"; {skipped} already in {log_path}" if skipped else ""
+    resumed = f"; {kept} already in {log_path}" if kept else ""
     print(f"generated {len(records)} x {args.to}: {new_tokens} tokens in {seconds:.2f} s "
           f"({new_tokens / max(seconds, 1e-9):.1f} tokens/s{cfg}){resumed} -> {out_dir}", file=sys.stderr)
     return records

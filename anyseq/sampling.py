@@ -94,13 +94,24 @@ class AllowedMasks:
 _CDF_DTYPE = {"mps": torch.float32}  # the cumulative sums are float64 elsewhere; Apple's GPUs have none
 
 
-def draw(probs: Tensor, generator: torch.Generator | None = None) -> Tensor:
+Generators = torch.Generator | list[torch.Generator] | None  # one for the batch, or one per row
+
+
+def uniforms(n: int, generator: Generators) -> Tensor:
+    """``n`` float64 uniforms in [0, 1): from one generator, or one from each row's own, so that a
+    row's draws do not depend on the rows that share its batch."""
+    if isinstance(generator, list):
+        return torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in generator])
+    return torch.rand(n, generator=generator, dtype=torch.float64)
+
+
+def draw(probs: Tensor, generator: Generators = None) -> Tensor:
     """One id per row of (B, V) probabilities, by the inverse of the cumulative distribution.
 
-    Only B uniforms come from the (CPU) generator, so no (B, V) tensor leaves the device and a
+    Only B uniforms come from the (CPU) generator(s), so no (B, V) tensor leaves the device and a
     seed gives the same draws on every run; ids of probability 0 are never drawn.
     """
-    u = torch.rand(probs.shape[0], generator=generator, dtype=torch.float64)
+    u = uniforms(probs.shape[0], generator)
     return inverse_cdf(probs, u.to(probs.device, _CDF_DTYPE.get(probs.device.type, torch.float64)))
 
 
@@ -146,11 +157,16 @@ def sample(
     uncond_prompts: list[list[int]] | None = None,
     max_new_tokens: int = 1024,
     use_cache: bool = True,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
 ) -> list[list[int]]:
-    """Sample until every row's constraint is complete (or ``max_new_tokens``); returns new ids."""
+    """Sample until every row's constraint is complete (or ``max_new_tokens``); returns new ids.
+
+    ``generator``: one for the whole batch, or a list with each row's own.
+    """
     if len(prompts) != len(constraints):
         raise ValueError(f"{len(prompts)} prompts but {len(constraints)} constraints")
+    if isinstance(generator, list) and len(generator) != len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(generator)} generators")
     guided = options.cfg_scale != 1.0
     if guided and (uncond_prompts is None or len(uncond_prompts) != len(prompts)):
         raise ValueError("classifier-free guidance needs one unconditional prompt per prompt")

@@ -3,6 +3,7 @@
 import json
 import multiprocessing
 import os
+import shutil
 import time
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
@@ -196,6 +197,9 @@ def test_generate_errors_name_the_fix(demo, tmp_path, capsys):
     (["--to", "audio", "--seconds", "-1"], "--seconds must be above 0"),  # sampled one frame before
     (["--max-text-tokens", "0"], "--max-text-tokens must be at least 1"),
     (["--num-samples", "0", "--batch-size", "0"], "--num-samples must be at least 1, got 0; --batch-size must be"),
+    (["--image-size", "0", "--video-frames", "-1"], "--image-size must be at least 1 pixel, got 0; --video-frames"),
+    (["--seed", "-1"], "--seed must be at least 0, got -1"),
+    (["--to", "image", "--height", "65", "--width", "2"], "--height must be <= 64 for this checkpoint, got 65"),
     (["--device", "nodevice"], "--device 'nodevice' is not a torch device"),
     (["--prompt", "x"], "unrecognized arguments: --prompt"),  # not an abbreviation of --prompts FILE
 ])  # fmt: skip
@@ -228,7 +232,8 @@ def test_a_file_that_is_no_checkpoint_is_refused_naming_it(demo, tmp_path, capsy
 
 
 def test_a_prompts_file_is_sampled_in_fixed_batches_and_a_rerun_resumes_them(demo, tmp_path, capsys):
-    """Many prompts in one call; after an interruption the rerun samples only what is missing, identically."""
+    """Many prompts in one call, each prompt's first sample before any second; after an
+    interruption the rerun samples only what is missing, identically."""
     prompts = tmp_path / "prompts.jsonl"
     held_out = demo / "held_out"
     prompts.write_text("\n".join(json.dumps(r) for r in [
@@ -244,9 +249,8 @@ def test_a_prompts_file_is_sampled_in_fixed_batches_and_a_rerun_resumes_them(dem
     log = out / "samples.jsonl"
     records = [json.loads(line) for line in log.read_text().splitlines()]
     assert [Path(r["file"]).name for r in records] == [
-        f"text_0_{name}_{i:03d}.txt" for name in ("red", "line2", "interleaved") for i in range(2)]
-    assert [r["batch"] for r in records] == [0, 0, 0, 0, 1, 1]
-    assert [p["kind"] for p in records[4]["prompt"]] == ["audio", "text"]
+        f"text_0_{name}_{i:03d}.txt" for i in range(2) for name in ("red", "line2", "interleaved")]
+    assert [p["kind"] for p in records[2]["prompt"]] == ["audio", "text"]
     texts = {r["file"]: Path(r["file"]).read_text() for r in records}
 
     # killed while writing the third sample's line: the first batch half written, the second not begun
@@ -262,7 +266,7 @@ def test_a_prompts_file_is_sampled_in_fixed_batches_and_a_rerun_resumes_them(dem
     assert anyseq(args) == 0  # all done: nothing is sampled
     err = capsys.readouterr().err
     assert "generated 0 x text" in err and "6 already in" in err
-    # other settings are other samples, not a resume
+    # another seed names other files: they join the folder
     assert anyseq([*args, "--seed", "1"]) == 0
     assert len(log.read_text().splitlines()) == 1 + 12  # the killed run's partial line, then 2 x 6 samples
 
@@ -287,7 +291,7 @@ def test_keep_turns_a_held_out_manifest_into_caption_prompts(demo, tmp_path, cap
 @pytest.mark.parametrize("line,message", [
     ('{"text": "a", "imag": "x.png"}', "prompts.jsonl:2: unknown keys ['imag']"),
     ('{"image": "missing.png"}', "prompts.jsonl:2: image file"),
-    ('{"id": "a", "text": "b"}', "id 'a' names line 1's files too"),
+    ('{"id": "a", "text": "b"}', """id 'a' names its files 'a', as line 1 does; give each record an "id" of its own"""),
 ])  # fmt: skip
 def test_a_bad_prompts_file_is_refused_before_sampling_naming_the_line(demo, tmp_path, capsys, line, message):
     prompts = tmp_path / "prompts.jsonl"
@@ -298,6 +302,173 @@ def test_a_bad_prompts_file_is_refused_before_sampling_naming_the_line(demo, tmp
     assert not (tmp_path / "o").exists()
     assert anyseq(["generate", "--checkpoint", ckpt, "--prompts", str(prompts), "--text", "x"]) == 2
     assert "not both" in capsys.readouterr().err
+
+
+def _records(out):
+    return [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+
+
+def _files(out):
+    return {f.name: f.read_bytes() for f in out.iterdir() if f.name != "samples.jsonl"}
+
+
+def test_a_sample_is_the_same_whatever_batch_and_run_it_is_drawn_in(demo, tmp_path, capsys):
+    """Each sample draws from (seed, prompt, sample index): two samples and then four into one
+    folder, or four at once in other batches, write the same files."""
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"id": "red", "text": "a small red"}\n{"text": "a blue square moving"}\n'
+                       '{"id": "tone", "text": "a rising tone"}\n')
+    base = ["generate", "--checkpoint", str(demo / "model" / "last.ckpt"), "--prompts", str(prompts),
+            "--to", "image", "--height", "2", "--width", "2", "--cfg", "2"]
+    assert anyseq([*base, "--num-samples", "2", "--batch-size", "4", "--out", str(tmp_path / "grown")]) == 0
+    capsys.readouterr()
+    assert anyseq([*base, "--num-samples", "4", "--batch-size", "3", "--out", str(tmp_path / "grown")]) == 0
+    assert "generated 6 x image" in (err := capsys.readouterr().err) and "6 already in" in err
+    assert anyseq([*base, "--num-samples", "4", "--batch-size", "5", "--out", str(tmp_path / "fresh")]) == 0
+    grown = _files(tmp_path / "grown")
+    assert len(grown) == 12 and grown == _files(tmp_path / "fresh")
+    assert len({r["stem"] for r in _records(tmp_path / "grown")}) == len(_records(tmp_path / "grown")) == 12
+    assert len(set(grown.values())) > 1  # not one image twelve times
+
+
+@pytest.mark.parametrize("changed", [
+    ["--max-text-tokens", "7"],  # under --to any: the budget beside the media
+    ["--video-format", "mp4"],
+    ["--image-size", "16"],
+    ["--temperature", "0.5"],
+])  # fmt: skip
+def test_a_rerun_with_other_settings_is_refused_not_written_over_the_files_it_made(demo, tmp_path, capsys, changed):
+    out = tmp_path / "out"
+    args = ["generate", "--checkpoint", str(demo / "model" / "last.ckpt"), "--text", "a blue square moving left",
+            "--to", "any", "--height", "2", "--width", "2", "--seconds", "0.4", "--max-text-tokens", "6",
+            "--num-samples", "2", "--out", str(out)]
+    assert anyseq(args) == 0
+    before, log = _files(out), (out / "samples.jsonl").read_text()
+    capsys.readouterr()
+    assert anyseq([*args, *changed]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}: samples.jsonl:1 made any_0_000 with other settings (" in err
+    assert "give a new --out for these settings" in err and len(err.splitlines()) == 1
+    assert _files(out) == before and (out / "samples.jsonl").read_text() == log
+
+
+def test_a_prompt_sampled_again_leaves_no_file_of_an_earlier_try(demo, tmp_path, capsys):
+    """A killed run's files that no record lists, and the rest of a record whose file is gone, are
+    replaced, not left beside the new sample looking like part of it."""
+    out = tmp_path / "out"
+    args = ["generate", "--checkpoint", str(demo / "model" / "last.ckpt"), "--text", "a blue square moving left",
+            "--to", "any", "--height", "2", "--width", "2", "--seconds", "0.4", "--max-text-tokens", "6",
+            "--num-samples", "3", "--out", str(out)]
+    assert anyseq(args) == 0
+    first = _records(out)
+    files = _files(out)
+    log = out / "samples.jsonl"
+    log.write_text("".join(line + "\n" for line in log.read_text().splitlines()[1:]))  # killed before recording 0
+    (out / "any_0_000_7.txt").write_text("an earlier try's segment")
+    Path(first[1]["files"][0]).unlink()  # the rest of sample 1 stays
+    capsys.readouterr()
+    assert anyseq(args) == 0
+    assert "generated 2 x any" in (err := capsys.readouterr().err) and "1 already in" in err
+    assert _files(out) == files  # the same samples again, and no file besides
+    last = {r["stem"]: r for r in _records(out)}
+    assert sorted(f for r in last.values() for f in r["files"]) == sorted(str(out / name) for name in files)
+
+
+def test_text_files_are_read_and_written_as_utf8_whatever_the_locale(demo, tmp_path, capsys, monkeypatch):
+    import locale
+
+    from anyseq.tokenizers.text import TextTokenizer
+
+    monkeypatch.setattr(TextTokenizer, "decode", lambda self, ids: "naïve café ☕")
+    prompt = tmp_path / "prompt.txt"
+    prompt.write_text("a crème brûlée", encoding="utf-8")
+    before = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")  # open()'s default is ASCII here
+    try:
+        rc = anyseq(["generate", "--checkpoint", str(demo / "model" / "last.ckpt"), "--text-file", str(prompt),
+                     "--max-text-tokens", "4", "--stdout", "--out", str(tmp_path / "out")])
+    finally:
+        locale.setlocale(locale.LC_CTYPE, before)
+    assert rc == 0
+    record = _records(tmp_path / "out")[0]
+    assert record["prompt"] == [{"kind": "text", "value": "a crème brûlée"}]
+    assert Path(record["file"]).read_text(encoding="utf-8") == "naïve café ☕"
+    assert "naïve café ☕" in capsys.readouterr().out
+
+
+def test_a_prompt_image_is_cut_to_its_centre_square_as_the_training_images_were(demo):
+    """``tokenize-dataset`` crops to the centre square before resizing; a prompt squashed to a
+    square instead would show the model shapes it never saw."""
+    import numpy as np
+
+    from anyseq.checkpoint import load_bundle
+    from anyseq.generate import encode_prompt
+
+    square = media.read_image(demo / "held_out" / "images" / "000000.png")  # 32 x 32
+    side = np.random.default_rng(0).integers(0, 256, (32, 16, 3), dtype=np.uint8)
+    wide = np.concatenate([side, square, side], axis=1)  # the same square, between two noisy strips
+    bundle = load_bundle(demo / "model" / "last.ckpt")
+    codes = [encode_prompt(bundle, "image", image, image_size=32).value for image in (wide, square)]
+    assert codes[0].shape == codes[1].shape and (codes[0] == codes[1]).all()
+
+
+def test_generate_names_the_flag_or_file_of_each_bad_input(demo, tmp_path, capsys):
+    ckpt, held_out = str(demo / "model" / "last.ckpt"), demo / "held_out"
+    afile, latin, tiny = tmp_path / "afile", tmp_path / "latin.txt", tmp_path / "tiny.png"
+    afile.write_text("x")
+    latin.write_bytes("café".encode("latin-1"))
+    media.write_image(tiny, media.read_image(held_out / "images" / "000000.png")[:5, :5])
+    visual = {}
+    for name, config, weights in [("cut", None, 100), ("foreign", "anyseq.model.Transformer", None),
+                                  ("empty", "{}", None), ("notjson", "not json", None)]:
+        folder = visual[name] = tmp_path / name
+        shutil.copytree(demo / "tokenizers" / "visual", folder)
+        if weights:
+            (folder / "model.safetensors").write_bytes((folder / "model.safetensors").read_bytes()[:weights])
+        if config and "." in config:
+            meta = json.loads((folder / "config.json").read_text())
+            (folder / "config.json").write_text(json.dumps({**meta, "class": config}))
+        elif config:
+            (folder / "config.json").write_text(config)
+    bad_image = tmp_path / "bad.jsonl"
+    bad_image.write_text('{"text": "a red"}\n' * 9 + '{"image": "afile"}\n')  # its batch would come last
+    clash = tmp_path / "clash.jsonl"
+    clash.write_text('{"id": "line2", "text": "a red"}\n{"text": "a blue"}\n')
+    in_folder = tmp_path / "in_folder.jsonl"
+    in_folder.write_text('{"image": "."}\n')
+    image = ["--image", str(held_out / "images" / "000000.png")]
+    cases = [
+        (["--text", "x", "--out", str(afile)], f"--out {afile}: a file, not a folder"),
+        (["--text", "x", "--out", str(afile / "sub")], f"--out {afile / 'sub'}: cannot write there (not a directory)"),
+        (["--text-file", str(tmp_path)], f"--text-file {tmp_path}: is a directory; expected a UTF-8 text file"),
+        (["--text-file", str(latin)], f"--text-file {latin}: not UTF-8 (byte 0xe9 at offset 3)"),
+        (["--prompts", str(tmp_path)], f"--prompts {tmp_path}: is a directory; expected a JSONL file"),
+        (["--prompts", str(in_folder)], f"{in_folder}:1: image file {tmp_path}: is a directory"),
+        (["--prompts", str(bad_image), "--batch-size", "1"], f"{bad_image}:10: image {afile}: not an image format"),
+        (["--prompts", str(clash)], f"{clash}:2: a record without an id names its files 'line2', as line 1 does; "
+                                    'give each record an "id" of its own'),
+        (["--image", str(tiny)], f"--image {tiny}: 5x5 pixels is smaller than the tokenizer's spatial compression "
+                                 "8; expected at least 8x8 pixels"),
+        ([*image, "--visual-tokenizer", str(visual["cut"])], f"{visual['cut'] / 'model.safetensors'}: not the "
+                                                              "weights of the tokenizer config.json describes"),
+        ([*image, "--visual-tokenizer", str(visual["foreign"])],
+         f"{visual['foreign'] / 'config.json'}: its class 'anyseq.model.Transformer' is no MediaTokenizer"),
+        ([*image, "--visual-tokenizer", str(visual["empty"])], f"{visual['empty'] / 'config.json'}: no class, config"),
+        ([*image, "--visual-tokenizer", str(visual["notjson"])], f"{visual['notjson'] / 'config.json'}: not JSON"),
+    ]
+    for args, message in cases:
+        out = [] if "--out" in args else ["--out", str(tmp_path / "o")]
+        assert anyseq(["generate", "--checkpoint", ckpt, *args, *out]) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and len(err.splitlines()) == 1, (message, err)
+    assert not (tmp_path / "o").exists()  # each found before anything was sampled
+
+
+def test_generate_says_how_many_video_frames_it_makes(demo, tmp_path, capsys):
+    assert anyseq(["generate", "--checkpoint", str(demo / "model" / "last.ckpt"), "--text", "a red circle moving up",
+                   "--to", "video", "--height", "2", "--width", "2", "--frames", "4", "--out", str(tmp_path)]) == 0
+    assert "--frames 4 floored to 1: the visual tokenizer makes videos of 1 + k * 4 frames" in capsys.readouterr().err
+    assert len(media.read_video(tmp_path / "video_0_000.gif")[0]) == 1
 
 
 def test_generation_benchmark_times_the_same_batch_with_and_without_the_cache(demo, tmp_path, script):

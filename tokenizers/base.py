@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -35,9 +36,13 @@ def _class_path(obj: type) -> str:
     return f"{obj.__module__}.{obj.__qualname__}"
 
 
-def _import_class(path: str) -> type:
-    module, _, name = path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
+def _import_class(path: str) -> type | None:
+    """The class a config.json names; None when there is none by that name (the callers say so)."""
+    try:
+        module, _, name = path.rpartition(".")
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError, ValueError):  # no such module / class, not a dotted name
+        return None
 
 
 def config_from_dict(cls: type, data: dict[str, Any]) -> Any:
@@ -141,16 +146,27 @@ class MediaTokenizer(nn.Module):
 
     @classmethod
     def load(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> "MediaTokenizer":
+        """The tokenizer saved in ``directory``; a damaged folder is an error naming the file at fault."""
         directory = Path(directory)
         meta = read_tokenizer_meta(directory)
         klass = _import_class(meta["class"])
         if not (isinstance(klass, type) and issubclass(klass, cls)):
-            raise TypeError(f"{directory / CONFIG_FILE}: holds a {meta['class']}, not a {cls.__name__}")
-        model = klass(config_from_dict(klass.config_class, meta["config"]))
+            raise ValueError(f"{directory / CONFIG_FILE}: its class {meta['class']!r} is no {cls.__name__}; "
+                             "expected the folder of a saved tokenizer")
+        try:
+            model = klass(config_from_dict(klass.config_class, meta["config"]))
+        except (TypeError, ValueError) as err:
+            reason = f"its config does not build a {klass.__name__} ({err})"
+            raise ValueError(f"{directory / CONFIG_FILE}: {reason}") from None
         weights = directory / WEIGHTS_FILE
         if not weights.is_file():
             raise TokenizerFileError(f"{weights}: tokenizer weights are missing (expected next to {CONFIG_FILE})")
-        model.load_state_dict(load_file(str(weights), device=str(map_location)))
+        try:
+            model.load_state_dict(load_file(str(weights), device=str(map_location)))
+        except (SafetensorError, RuntimeError) as err:  # a cut-short copy; another tokenizer's weights
+            reason = " ".join(str(err).split())[:300]  # load_state_dict's list of keys, on one line
+            raise ValueError(f"{weights}: not the weights of the tokenizer {CONFIG_FILE} describes ({reason}); "
+                             "copy the tokenizer folder again") from None
         model.eval()
         model.recorded_config = meta["config"]
         if model.fingerprint != meta["fingerprint"]:
@@ -161,14 +177,26 @@ class MediaTokenizer(nn.Module):
         return model
 
 
+META_KEYS = ("class", "config", "fingerprint")  # what load needs of config.json
+
+
 def read_tokenizer_meta(directory: str | Path) -> dict[str, Any]:
+    """A tokenizer folder's config.json, or an error naming it and what a saved one holds."""
     path = Path(directory) / CONFIG_FILE
     if not path.is_file():
         raise TokenizerFileError(
             f"{path}: no tokenizer here (expected a folder written by MediaTokenizer.save, "
             f"with {CONFIG_FILE} and {WEIGHTS_FILE})"
         )
-    return json.loads(path.read_text())
+    expected = f"the JSON object MediaTokenizer.save writes, with {', '.join(META_KEYS)}"
+    try:
+        meta = json.loads(path.read_bytes())
+    except ValueError as err:  # not JSON, or not UTF-8
+        raise ValueError(f"{path}: not JSON ({err}); expected {expected}") from None
+    missing = [key for key in META_KEYS if key not in meta] if isinstance(meta, dict) else list(META_KEYS)
+    if missing:
+        raise ValueError(f"{path}: no {', '.join(missing)}; expected {expected}")
+    return meta
 
 
 def load_tokenizer(directory: str | Path, map_location: str | torch.device = "cpu") -> MediaTokenizer:

@@ -98,7 +98,8 @@ def crop_to_multiple(x: Tensor, multiple: int) -> Tensor:
     height, width = x.shape[-2:]
     h, w = height // multiple * multiple, width // multiple * multiple
     if h == 0 or w == 0:
-        raise ValueError(f"{height}x{width} pixels is smaller than the tokenizer's spatial compression {multiple}")
+        raise ValueError(f"{height}x{width} pixels is smaller than the tokenizer's spatial compression {multiple}; "
+                         f"expected at least {multiple}x{multiple} pixels")
     top, left = (height - h) // 2, (width - w) // 2
     return x[..., top : top + h, left : left + w]
 
