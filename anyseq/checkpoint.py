@@ -136,6 +136,21 @@ def model_state(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
     return {k.removeprefix("model."): v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
 
 
+def saved_architecture(ckpt: dict[str, Any], path: str | Path) -> tuple[ModelConfig, TokenSpace]:
+    """The model config and token space a checkpoint was written with, or a ValueError naming it
+    (a checkpoint of another anyseq version may hold fields this one does not know)."""
+    meta = ckpt["anyseq"]
+    try:
+        config, space = ModelConfig(**meta["model_config"]), TokenSpace.from_dict(meta["token_space"])
+    except (TypeError, KeyError, ValueError) as err:
+        raise ValueError(f"{path}: its model config or token space does not fit this version of anyseq ({err}); "
+                         "load it with the version that wrote it") from None
+    if space.size != config.vocab_size:
+        raise ValueError(f"{path}: its token space has {space.size} ids but its model {config.vocab_size} "
+                         "vocabulary rows; the checkpoint is inconsistent")
+    return config, space
+
+
 def load_bundle(
     path: str | Path,
     device: str | torch.device = "cpu",
@@ -144,13 +159,15 @@ def load_bundle(
 ) -> Bundle:
     ckpt = read_checkpoint(path)
     meta = ckpt["anyseq"]
-    config = ModelConfig(**meta["model_config"])
-    space = TokenSpace.from_dict(meta["token_space"])
+    config, space = saved_architecture(ckpt, path)
     with torch.device("meta"):  # no random init of weights about to be replaced (minutes at 7B)
         model = Transformer(config)
     # copies on the target device: the model must not live in the memory-mapped file
     state = {k: v.to(device=device, dtype=dtype, copy=True) for k, v in model_state(ckpt).items()}
-    model.load_state_dict(state, assign=True)
+    try:
+        model.load_state_dict(state, assign=True)
+    except RuntimeError as err:  # missing keys or shapes: the weights are not of the config saved beside them
+        raise ValueError(f"{path}: its weights do not fit its model config ({next(iter(str(err).splitlines()[1:]), str(err)).strip()})") from None
     model.tie_weights()  # assigning gave the two names separate parameters
     model.eval()
     overrides = {k: v for k, v in (tokenizer_paths or {}).items() if v}

@@ -17,7 +17,7 @@ from lightning.pytorch.strategies import FSDPStrategy, ModelParallelStrategy
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
-from anyseq.checkpoint import init_from_checkpoint, read_checkpoint
+from anyseq.checkpoint import init_from_checkpoint, read_checkpoint, saved_architecture
 from anyseq.config import ModelConfig
 from anyseq.helpers import exists
 from anyseq.kernels import linear_cross_entropy
@@ -189,7 +189,7 @@ class AnySeqModule(ResumesRandomState, L.LightningModule):
         preset = self.hparams.preset
         if ckpt is None:
             return ModelConfig.from_preset(preset or DEFAULT_PRESET, **overrides)
-        saved = ModelConfig(**ckpt["anyseq"]["model_config"])
+        saved, _ = saved_architecture(ckpt, self.hparams.init_from)
         config = saved.with_overrides(overrides)
         changed = saved.architecture_differences(config)
         if changed:  # e.g. rope_theta for a longer context: allowed, but never silently

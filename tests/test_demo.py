@@ -231,6 +231,19 @@ def test_a_file_that_is_no_checkpoint_is_refused_naming_it(demo, tmp_path, capsy
         assert f"{path}: not a checkpoint: torch.save writes a zip archive" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda a: a["model_config"].update(dim_of_the_future=1), "does not fit this version of anyseq"),
+    (lambda a: a["token_space"].update(max_height=a["token_space"]["max_height"] + 1000), "vocabulary rows; the checkpoint is inconsistent"),
+    (lambda a: a["model_config"].update(n_layers=a["model_config"]["n_layers"] + 1), "its weights do not fit its model config"),
+])
+def test_a_checkpoint_that_contradicts_itself_is_refused_naming_it(demo, tmp_path, capsys, edit, message):
+    ckpt = torch.load(demo / "model" / "last.ckpt", weights_only=False)
+    edit(ckpt["anyseq"])
+    torch.save(ckpt, tmp_path / "edited.ckpt")
+    assert anyseq(["generate", "--checkpoint", str(tmp_path / "edited.ckpt"), "--out", str(tmp_path / "o")]) == 2
+    assert f"{tmp_path / 'edited.ckpt'}: " in (err := capsys.readouterr().err) and message in err
+
+
 def test_a_prompts_file_is_sampled_in_fixed_batches_and_a_rerun_resumes_them(demo, tmp_path, capsys):
     """Many prompts in one call, each prompt's first sample before any second; after an
     interruption the rerun samples only what is missing, identically."""
