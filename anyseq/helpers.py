@@ -1,9 +1,12 @@
-"""Tiny helpers in one place: lucidrains' two for optional arguments, range checks, error messages, and the
-programs' --help layout."""
+"""Tiny helpers in one place: lucidrains' two for optional arguments, range checks, error messages, reading
+a JSON file that must hold an object, and the programs' --help layout."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+from typing import Any
 
 
 def exists(x) -> bool:
@@ -24,6 +27,17 @@ def out_of_range(*checks: tuple[str, object, bool, str]) -> str | None:
 def error_message(err: BaseException) -> str:
     """An exception's message for a one-line error (a KeyError's str() wraps it in quotes)."""
     return str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+
+
+def read_json_object(path: Path, expected: str) -> dict[str, Any]:
+    """A JSON object from ``path``, or a ValueError naming the file, what is wrong and ``expected``."""
+    try:
+        data = json.loads(path.read_bytes())
+    except ValueError as err:  # not JSON, or not UTF-8
+        raise ValueError(f"{path}: not valid JSON ({err}); expected {expected}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a JSON {type(data).__name__}, not an object; expected {expected}")
+    return data
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -331,12 +331,11 @@ def _open_sound(path: PathLike) -> tuple[Path, sf.SoundFile]:
     if sound.frames == 0:
         sound.close()
         raise EmptyFileError(path, "audio has no samples", "at least one sample")
-    declared = _wav_data_bytes(path) if sound.format == "WAV" else None
-    if exists(declared) and sound.frames * _bytes_per_frame(sound) < declared:
-        frames = declared // _bytes_per_frame(sound)
+    declared, frame_bytes = _wav_data_bytes(path) if sound.format == "WAV" else None, _bytes_per_frame(sound)
+    if exists(declared) and sound.frames * frame_bytes < declared:
         sound.close()
-        raise CorruptMediaError(path, f"truncated: the header declares {frames} frames, the file holds {sound.frames}",
-                                "a complete WAV file")
+        raise CorruptMediaError(path, f"truncated: the header declares {declared // frame_bytes} frames, the file "
+                                f"holds {sound.frames}", "a complete WAV file")
     return path, sound
 
 

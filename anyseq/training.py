@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from anyseq.checkpoint import init_from_checkpoint, read_checkpoint, saved_architecture
 from anyseq.config import ModelConfig
-from anyseq.helpers import exists
+from anyseq.helpers import exists, out_of_range
 from anyseq.kernels import linear_cross_entropy
 from anyseq.model import Transformer
 from anyseq.parallelize import build, check_activation_checkpointing
@@ -88,7 +88,7 @@ class AnySeqModule(ResumesRandomState, L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         # bad settings fail here, by name, rather than as torch's errors at the first step
-        wrong = [f"{name}={value!r} (must be {rule})" for name, value, right, rule in (
+        if wrong := out_of_range(
             ("lr", lr, lr > 0, "> 0"),
             ("weight_decay", weight_decay, weight_decay >= 0, ">= 0"),
             ("betas", betas, len(betas) == 2 and all(0 <= beta < 1 for beta in betas), "two numbers in [0, 1)"),
@@ -96,9 +96,8 @@ class AnySeqModule(ResumesRandomState, L.LightningModule):
             ("max_steps", max_steps, max_steps is None or max_steps > 0, "> 0, or null for trainer.max_steps"),
             ("min_lr_ratio", min_lr_ratio, 0 <= min_lr_ratio <= 1, "in [0, 1]"),
             ("z_loss", z_loss, z_loss >= 0, ">= 0"),
-        ) if not right]
-        if wrong:
-            raise ValueError(f"AnySeqModule: {'; '.join(wrong)}")
+        ):
+            raise ValueError(f"AnySeqModule: {wrong}")
         unknown = set(modality_loss_weights or {}) - set(MODALITIES)
         if unknown:
             raise ValueError(f"modality_loss_weights has unknown modalities {sorted(unknown)}; use {list(MODALITIES)}")

@@ -467,7 +467,7 @@ def test_generate_names_the_flag_or_file_of_each_bad_input(demo, tmp_path, capsy
         ([*image, "--visual-tokenizer", str(visual["foreign"])],
          f"{visual['foreign'] / 'config.json'}: its class 'anyseq.model.Transformer' is no MediaTokenizer"),
         ([*image, "--visual-tokenizer", str(visual["empty"])], f"{visual['empty'] / 'config.json'}: no class, config"),
-        ([*image, "--visual-tokenizer", str(visual["notjson"])], f"{visual['notjson'] / 'config.json'}: not JSON"),
+        ([*image, "--visual-tokenizer", str(visual["notjson"])], f"{visual['notjson'] / 'config.json'}: not valid JSON"),
     ]
     for args, message in cases:
         out = [] if "--out" in args else ["--out", str(tmp_path / "o")]

@@ -302,6 +302,27 @@ def test_an_unusable_out_is_refused_before_any_work(tmp_path, capsys):
         assert says in capsys.readouterr().err
 
 
+def test_a_job_stopped_by_an_error_keeps_its_shards_and_says_rerun(tmp_path, capsys, monkeypatch):
+    """Exit 2, not 1 (which means some records failed), and the rerun finishes the set."""
+    from anyseq.data import shards
+
+    args = text_job(tmp_path, [f'{{"text": "sentence number {i}"}}' for i in range(3)], "--records-per-shard", "1")
+    commit = shards.ShardWriter.commit
+
+    def disk_full_after_one(self, *a, **k):
+        if self.index > 0:
+            raise OSError(28, "No space left on device")
+        return commit(self, *a, **k)
+
+    monkeypatch.setattr(shards.ShardWriter, "commit", disk_full_after_one)
+    assert tokenize([*args, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "stopped by OSError" in err and "the 1 committed shards are kept: rerun the same command" in err
+    assert "Traceback" not in err
+    monkeypatch.setattr(shards.ShardWriter, "commit", commit)
+    assert tokenize([*args, "--out", str(tmp_path / "o")]) == 0 and len(ShardSet(tmp_path / "o")) == 3
+
+
 def test_a_manifest_of_blank_lines_says_so(tmp_path, capsys):
     args = text_job(tmp_path, ["", "   ", ""])
     assert tokenize([*args, "--out", str(tmp_path / "o")]) == 2

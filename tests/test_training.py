@@ -338,7 +338,7 @@ def test_unknown_config_key_is_named(text_data, capsys):
     ("--model.init_args.preset=smal", "unknown model preset 'smal'; choose one of ['100m'"),
     ("--data.init_args.seq_len=4096", "data seq_len=4096 is longer than the model's max_seq_len=256: lower"),
     ("--ckpt_path={nope}", "Checkpoint file not found"),
-    ("--model.init_args.lr=-1", "AnySeqModule: lr=-1.0 (must be > 0)"),
+    ("--model.init_args.lr=-1", "AnySeqModule: lr must be > 0, got -1.0"),
     ("--model.init_args.model_overrides={{n_layer: 3}}", "model_overrides has unknown fields ['n_layer']; ModelConfig's"),
 ], ids=["shards", "preset", "seq_len", "ckpt_path", "lr", "model_overrides"])
 def test_a_bad_setting_ends_fit_in_one_line_that_names_it(text_data, tmp_path, capsys, setting, says):
@@ -349,14 +349,14 @@ def test_a_bad_setting_ends_fit_in_one_line_that_names_it(text_data, tmp_path, c
 
 
 @pytest.mark.parametrize("setting, says", [
-    ({"lr": 0.0}, "lr=0.0 (must be > 0)"),
-    ({"weight_decay": -0.1}, "weight_decay=-0.1 (must be >= 0)"),
-    ({"betas": (0.9, 1.0)}, "betas=(0.9, 1.0) (must be two numbers in [0, 1))"),
-    ({"betas": (-0.1, 0.95)}, "betas=(-0.1, 0.95)"),
-    ({"lr": -1, "warmup_steps": -5}, "lr=-1 (must be > 0); warmup_steps=-5 (must be >= 0)"),
-    ({"max_steps": 0}, "max_steps=0"),
-    ({"min_lr_ratio": 1.5}, "min_lr_ratio=1.5 (must be in [0, 1])"),
-    ({"z_loss": -1e-4}, "z_loss=-0.0001"),
+    ({"lr": 0.0}, "lr must be > 0, got 0.0"),
+    ({"weight_decay": -0.1}, "weight_decay must be >= 0, got -0.1"),
+    ({"betas": (0.9, 1.0)}, "betas must be two numbers in [0, 1), got (0.9, 1.0)"),
+    ({"betas": (-0.1, 0.95)}, "betas must be two numbers in [0, 1), got (-0.1, 0.95)"),
+    ({"lr": -1, "warmup_steps": -5}, "lr must be > 0, got -1; warmup_steps must be >= 0, got -5"),
+    ({"max_steps": 0}, "max_steps must be > 0, or null for trainer.max_steps, got 0"),
+    ({"min_lr_ratio": 1.5}, "min_lr_ratio must be in [0, 1], got 1.5"),
+    ({"z_loss": -1e-4}, "z_loss must be >= 0, got -0.0001"),
     ({"model_overrides": {"n_layer": 3}}, "model_overrides has unknown fields ['n_layer']; ModelConfig's fields are"),
 ])
 def test_a_bad_module_setting_is_refused_at_construction_by_name(setting, says):

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from anyseq.config import config_differences
+from anyseq.helpers import read_json_object
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -189,11 +190,8 @@ def read_tokenizer_meta(directory: str | Path) -> dict[str, Any]:
             f"with {CONFIG_FILE} and {WEIGHTS_FILE})"
         )
     expected = f"the JSON object MediaTokenizer.save writes, with {', '.join(META_KEYS)}"
-    try:
-        meta = json.loads(path.read_bytes())
-    except ValueError as err:  # not JSON, or not UTF-8
-        raise ValueError(f"{path}: not JSON ({err}); expected {expected}") from None
-    missing = [key for key in META_KEYS if key not in meta] if isinstance(meta, dict) else list(META_KEYS)
+    meta = read_json_object(path, expected)
+    missing = [key for key in META_KEYS if key not in meta]
     if missing:
         raise ValueError(f"{path}: no {', '.join(missing)}; expected {expected}")
     return meta

@@ -37,6 +37,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from anyseq.helpers import read_json_object
 from anyseq.sequence import Segment, Serialized, Serializer
 from anyseq.vocab import MODALITIES, TokenSpace, TokenSpaceMismatch
 
@@ -45,6 +46,7 @@ VERSION = 1
 PREFIX = "shard-"
 TMP_PREFIX = ".tmp-"
 SPAN_DTYPE = np.dtype([("doc", "<i8"), ("modality", "u1"), ("start", "<i8"), ("stop", "<i8"), ("weight", "<f4")])
+DAMAGED = "the shard is damaged: delete its folder and rerun `anyseq tokenize-dataset` to redo it"
 HINT = "create it with `anyseq tokenize-dataset --manifest records.jsonl --out DIR --text-tokenizer text.model`"
 
 
@@ -186,12 +188,8 @@ def read_meta(shard: Path) -> dict[str, Any]:
     path = shard / "meta.json"
     if not path.is_file():
         raise FileNotFoundError(f"{shard}: not a committed shard (no meta.json)")
-    try:
-        meta = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not valid JSON ({e}); the shard is damaged: delete its folder and rerun "
-                         "`anyseq tokenize-dataset` to redo it") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
+    meta = read_json_object(path, f"a shard's metadata: {DAMAGED}")
+    if meta.get("format") != FORMAT or meta.get("version") != VERSION:
         raise ValueError(
             f"{path}: format {meta.get('format')!r} version {meta.get('version')!r}; "
             f"this anyseq reads {FORMAT!r} version {VERSION}"
@@ -216,8 +214,7 @@ class _Shard:
             size = path.stat().st_size if path.is_file() else None
             if size != 4 * n_tokens:
                 raise ValueError(f"{path}: {'missing' if size is None else f'{size} bytes'}; its meta.json says "
-                                 f"{n_tokens} uint32 tokens ({4 * n_tokens} bytes): the shard is damaged, delete "
-                                 "its folder and rerun `anyseq tokenize-dataset` to redo it")
+                                 f"{n_tokens} uint32 tokens ({4 * n_tokens} bytes): {DAMAGED}")
             tokens = np.memmap(path, np.uint32, "r", shape=(n_tokens,)) if n_tokens else np.zeros(0, np.uint32)
             spans = np.load(self.path / "spans.npy", mmap_mode="r")
             self._arrays = {
